@@ -1,0 +1,1 @@
+"""captioning package."""

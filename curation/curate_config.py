@@ -1,0 +1,155 @@
+"""The `curate` job's configuration: one dataclass per stage, defaults that suit most web video."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from curation.config import check
+
+X264_PRESETS = (
+    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+)  # fmt: skip
+
+VIDEO_EXTENSIONS = [".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv"]
+
+
+@dataclass
+class InputConfig:
+    """How inputs are found and grouped into tasks (a task names its output shards)."""
+
+    videos_per_task: int = 4
+    """Videos per task: the unit of parallelism, of output shard naming and of resume."""
+    extensions: list[str] = field(default_factory=lambda: list(VIDEO_EXTENSIONS))
+    """File suffixes picked up when an input is a directory (globs and manifests take any file)."""
+
+    def __post_init__(self):
+        check(self.videos_per_task >= 1, "input.videos_per_task", "must be at least 1")
+
+
+@dataclass
+class ProbeConfig:
+    """Which inputs are usable at all."""
+
+    min_duration_s: float = 2.0
+    """Shorter videos are recorded as errors (`too_short`): they cannot yield a clip."""
+    timeout_s: float = 60.0
+
+    def __post_init__(self):
+        check(self.min_duration_s >= 0, "probe.min_duration_s", "must be >= 0")
+        check(self.timeout_s > 0, "probe.timeout_s", "must be > 0")
+
+
+@dataclass
+class SceneConfig:
+    """Shot boundary detection with PySceneDetect on downscaled frames."""
+
+    detector: Literal["adaptive", "content"] = "adaptive"
+    width: int = 256
+    """Frames are scaled to this width for detection (PySceneDetect's own default downscale target)."""
+    min_shot_frames: int = 2
+    """Minimum shot length the detector may report. Kept small so that short shots are found and
+    dropped by the clip rules instead of being merged into a neighbour with a cut inside it."""
+    adaptive_threshold: float = 3.0
+    adaptive_window: int = 2
+    min_content_val: float = 15.0
+    content_threshold: float = 27.0
+    fast_decode: bool = True
+    """Skip the H.264/HEVC loop filter while decoding for detection: much cheaper, same cuts at 256 px."""
+    min_decoded_fraction: float = 0.9
+    """A video that decodes to fewer frames than this share of its probed count is `truncated`."""
+    timeout_s: float = 1800.0
+
+    def __post_init__(self):
+        check(self.width >= 32, "scenes.width", "must be >= 32")
+        check(self.min_shot_frames >= 1, "scenes.min_shot_frames", "must be >= 1")
+        check(self.adaptive_window >= 1, "scenes.adaptive_window", "must be >= 1")
+        check(0 < self.min_decoded_fraction <= 1, "scenes.min_decoded_fraction", "must be in (0, 1]")
+
+
+@dataclass
+class ClipConfig:
+    """Rules that turn shots into candidate clips."""
+
+    min_clip_s: float = 2.0
+    """Shots shorter than this (after trimming) are dropped with reason `duration<MIN`."""
+    max_clip_s: float = 10.0
+    """Longer shots are split into even windows no longer than this."""
+    trim_s: float = 0.1
+    """Trimmed from both ends of every shot so transition frames stay out of clips."""
+
+    def __post_init__(self):
+        check(self.min_clip_s > 0, "clips.min_clip_s", "must be > 0")
+        check(self.max_clip_s >= self.min_clip_s, "clips.max_clip_s", "must be >= clips.min_clip_s")
+        check(self.trim_s >= 0, "clips.trim_s", "must be >= 0")
+
+
+@dataclass
+class TranscodeConfig:
+    """How kept clips are cut and encoded (H.264, yuv420p, even dimensions)."""
+
+    max_short_side: int | None = None
+    """Downscale so the short side is at most this; null keeps the source resolution."""
+    fps: float | None = None
+    """Resample to this frame rate; null keeps the source's."""
+    crf: int = 22
+    preset: str = "veryfast"
+    keep_audio: bool = False
+    clips_per_process: int = 8
+    """Clips cut by one ffmpeg process: the source is decoded once for all of them."""
+    workers: int = 2
+    """ffmpeg processes running at once within a task."""
+    threads: int = 0
+    """Encoder threads per ffmpeg process; 0 lets x264 choose."""
+    thumbnail_short_side: int = 256
+    timeout_s: float = 1800.0
+
+    def __post_init__(self):
+        check(self.max_short_side is None or self.max_short_side >= 16, "transcode.max_short_side", ">= 16")
+        check(self.fps is None or self.fps > 0, "transcode.fps", "must be > 0")
+        check(0 <= self.crf <= 51, "transcode.crf", "must be in 0..51")
+        check(
+            self.preset in X264_PRESETS, "transcode.preset", f"must be one of {', '.join(X264_PRESETS)}"
+        )
+        check(self.clips_per_process >= 1, "transcode.clips_per_process", "must be >= 1")
+        check(self.workers >= 1, "transcode.workers", "must be >= 1")
+        check(self.threads >= 0, "transcode.threads", "must be >= 0")
+
+
+
+@dataclass
+class ShardConfig:
+    """Webdataset shard parts roll over at whichever limit comes first."""
+
+    max_clips: int = 1000
+    max_bytes: int = 1_000_000_000
+
+    def __post_init__(self):
+        check(self.max_clips >= 1, "shards.max_clips", "must be >= 1")
+        check(self.max_bytes >= 1, "shards.max_bytes", "must be >= 1")
+
+
+@dataclass
+class ResourcesConfig:
+    """Ray resources per stage (logical CPUs reserved per task)."""
+
+    split_cpus: float = 1.0
+    """CPUs per split task (probe, scene detection, transcode)."""
+    write_cpus: float = 0.25
+
+    def __post_init__(self):
+        check(self.split_cpus > 0, "resources.split_cpus", "must be > 0")
+        check(self.write_cpus > 0, "resources.write_cpus", "must be > 0")
+
+
+@dataclass
+class CurateConfig:
+    """Everything `reelmill curate` does, section by section."""
+
+    input: InputConfig = field(default_factory=InputConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    scenes: SceneConfig = field(default_factory=SceneConfig)
+    clips: ClipConfig = field(default_factory=ClipConfig)
+    transcode: TranscodeConfig = field(default_factory=TranscodeConfig)
+    shards: ShardConfig = field(default_factory=ShardConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)

@@ -1,0 +1,115 @@
+"""Turn the user's inputs (directories, globs, manifests, single files) into deterministic tasks.
+
+A task is a fixed group of input videos; its id names the output shards (`shard-TTTTTT-PPP.tar`)
+and its completion marker, so the same inputs always give the same tasks and a rerun rewrites
+the same names.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from curation import storage
+
+MANIFEST_SUFFIXES = (".txt", ".csv", ".parquet", ".jsonl")
+GLOB_CHARS = set("*?[")
+
+
+class InputError(ValueError):
+    """An input argument names nothing usable (the job cannot start)."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """A deterministic group of input videos."""
+
+    task_id: int
+    uris: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.task_id:06d}"
+
+
+def _suffix(uri: str) -> str:
+    return PurePosixPath(uri.split("?")[0]).suffix.lower()
+
+
+def _resolve_relative(entry: str, manifest_uri: str) -> str:
+    """Manifest entries may be relative to the manifest's own folder."""
+    if "://" in entry or os.path.isabs(entry):
+        return entry
+    base = manifest_uri.rsplit("/", 1)[0] if "/" in manifest_uri else "."
+    return storage.join(base, entry) if not storage.is_local(base) else os.path.join(base, entry)
+
+
+def read_manifest(uri: str) -> list[str]:
+    """URIs listed in a manifest: `.txt` one per line, `.csv`/`.parquet`/`.jsonl` with a `uri` column."""
+    suffix = _suffix(uri)
+    data = storage.read_bytes(uri)
+    if suffix == ".txt":
+        entries = [ln.strip() for ln in data.decode().splitlines()]
+        entries = [e for e in entries if e and not e.startswith("#")]
+    elif suffix == ".jsonl":
+        entries = []
+        for n, line in enumerate(data.decode().splitlines(), 1):
+            if line.strip():
+                row = json.loads(line)
+                if "uri" not in row:
+                    raise InputError(f"{uri}: line {n} has no 'uri' field")
+                entries.append(str(row["uri"]))
+    else:
+        import pyarrow as pa
+
+        table = (
+            pacsv.read_csv(pa.BufferReader(data)) if suffix == ".csv" else pq.read_table(pa.BufferReader(data))
+        )
+        if "uri" not in table.column_names:
+            raise InputError(f"{uri}: manifest has no 'uri' column (columns: {', '.join(table.column_names)})")
+        entries = [str(v) for v in table.column("uri").to_pylist() if v]
+    return [_resolve_relative(e, uri) for e in entries]
+
+
+def _expand_glob(pattern: str) -> list[str]:
+    if storage.is_local(pattern):
+        return [p for p in glob.glob(storage.local_path(pattern), recursive=True) if os.path.isfile(p)]
+    import fsspec
+
+    fs, _ = fsspec.core.url_to_fs(pattern)
+    protocol = pattern.split("://", 1)[0]
+    return [f"{protocol}://{p}" for p in fs.glob(pattern)]
+
+
+def expand_inputs(inputs: list[str], extensions: list[str]) -> list[str]:
+    """All input video URIs, sorted and de-duplicated; raises InputError for an argument matching nothing."""
+    exts = {e.lower() for e in extensions}
+    found: list[str] = []
+    for item in inputs:
+        if GLOB_CHARS & set(item):
+            matches = _expand_glob(item)
+        elif not storage.exists(item):
+            raise InputError(f"input {item!r} does not exist")
+        elif storage.filesystem(item)[0].get_file_info(storage.filesystem(item)[1]).is_file:
+            matches = read_manifest(item) if _suffix(item) in MANIFEST_SUFFIXES else [item]
+        else:
+            matches = [u for u in storage.list_files(item) if _suffix(u) in exts]
+        if not matches:
+            raise InputError(f"input {item!r} matches no video files")
+        found.extend(matches)
+    normalized = {os.path.abspath(u) if storage.is_local(u) else u for u in found}
+    return sorted(normalized)
+
+
+def make_tasks(uris: list[str], videos_per_task: int) -> list[Task]:
+    """Group sorted URIs into consecutive tasks of `videos_per_task`."""
+    return [
+        Task(i, tuple(uris[start : start + videos_per_task]))
+        for i, start in enumerate(range(0, len(uris), videos_per_task))
+    ]

@@ -1,0 +1,128 @@
+"""The clip record (DESIGN.md): `KEY.json` in the shards and, flattened, a row of `manifest/clips`.
+
+The manifest schemas are fixed here, so every part file of a run (and of every run) has the same
+columns and types, whatever subset of fields a task happened to fill.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import pyarrow as pa
+
+SCORE_NAMES = (
+    "motion", "motion_px", "moving_fraction", "aesthetic", "sharpness", "brightness", "contrast",
+    "colorfulness", "frozen_fraction",
+)  # fmt: skip
+
+
+@dataclass
+class ClipRecord:
+    """One candidate clip, kept or dropped. Times and frames of the source are on its frame timeline."""
+
+    clip_id: str
+    source: str
+    source_start_s: float
+    source_end_s: float
+    source_start_frame: int
+    source_end_frame: int
+    shot_index: int
+    task_id: int
+    fps: float
+    num_frames: int
+    duration_s: float
+    kept: bool
+    drop_reason: str | None = None
+    width: int | None = None  # of the clip as written; null for clips never written
+    height: int | None = None
+    codec: str | None = None
+    shard: str | None = None  # shard file name holding the clip (kept clips)
+    scores: dict[str, float | None] = field(default_factory=lambda: dict.fromkeys(SCORE_NAMES))
+    caption: dict | None = None
+    caption_metrics: dict | None = None
+    errors: list[dict] = field(default_factory=list)
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True, allow_nan=False).encode()
+
+    def to_row(self) -> dict:
+        """The flattened manifest row (see CLIP_SCHEMA)."""
+        row = {k: v for k, v in asdict(self).items() if k not in ("scores", "caption", "caption_metrics")}
+        row.update({f"scores.{name}": self.scores.get(name) for name in SCORE_NAMES})
+        caption = self.caption or {}
+        row["caption.summary"] = caption.get("summary")
+        row["caption.segments"] = caption.get("segments")
+        row["caption.model"] = caption.get("model")
+        row["caption.prompt_id"] = caption.get("prompt_id")
+        row["caption_metrics"] = json.dumps(self.caption_metrics) if self.caption_metrics else None
+        return row
+
+
+SEGMENT_TYPE = pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("text", pa.string())])
+ERROR_TYPE = pa.struct([("stage", pa.string()), ("message", pa.string())])
+
+CLIP_SCHEMA = pa.schema(
+    [
+        ("clip_id", pa.string()),
+        ("source", pa.string()),
+        ("source_start_s", pa.float64()),
+        ("source_end_s", pa.float64()),
+        ("source_start_frame", pa.int64()),
+        ("source_end_frame", pa.int64()),
+        ("shot_index", pa.int32()),
+        ("task_id", pa.int64()),
+        ("fps", pa.float64()),
+        ("num_frames", pa.int64()),
+        ("duration_s", pa.float64()),
+        ("kept", pa.bool_()),
+        ("drop_reason", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("codec", pa.string()),
+        ("shard", pa.string()),
+        ("errors", pa.list_(ERROR_TYPE)),
+        *[(f"scores.{name}", pa.float64()) for name in SCORE_NAMES],
+        ("caption.summary", pa.string()),
+        ("caption.segments", pa.list_(SEGMENT_TYPE)),
+        ("caption.model", pa.string()),
+        ("caption.prompt_id", pa.string()),
+        ("caption_metrics", pa.string()),
+    ]
+)
+
+VIDEO_SCHEMA = pa.schema(
+    [
+        ("uri", pa.string()),
+        ("task_id", pa.int64()),
+        ("status", pa.string()),  # ok | error
+        ("error", pa.string()),  # "code: detail" when status is error
+        ("error_code", pa.string()),
+        ("size_bytes", pa.int64()),
+        ("duration_s", pa.float64()),
+        ("fps", pa.float64()),
+        ("fps_rational", pa.string()),
+        ("num_frames", pa.int64()),
+        ("decoded_frames", pa.int64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("rotation", pa.int32()),
+        ("codec", pa.string()),
+        ("pix_fmt", pa.string()),
+        ("has_audio", pa.bool_()),
+        ("variable_frame_rate", pa.bool_()),
+        ("bit_rate", pa.int64()),
+        ("container", pa.string()),
+        ("num_shots", pa.int32()),
+        ("num_clips", pa.int32()),
+        ("num_kept", pa.int32()),
+        ("num_dropped", pa.int32()),
+        ("seconds_kept", pa.float64()),
+        ("processing_s", pa.float64()),
+    ]
+)
+
+
+def table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    """Rows to a table with exactly `schema`'s columns (missing fields become nulls)."""
+    return pa.Table.from_pylist([{name: row.get(name) for name in schema.names} for row in rows], schema=schema)

@@ -1,0 +1,112 @@
+"""Shot boundary detection: ffmpeg decodes and downscales, PySceneDetect finds the cuts.
+
+ffmpeg does the expensive part (decode, scale, colour conversion) in C and hands small BGR frames
+to PySceneDetect's detector through a pipe, one frame at a time, so memory stays flat however long
+the video is. Frame numbers are on the video's constant-frame-rate timeline (VFR input is resampled
+to its average rate with the fps filter), the same timeline the transcoder cuts on.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass
+
+import ffmpeg
+import numpy as np
+from scenedetect import AdaptiveDetector, ContentDetector
+from scenedetect.common import FrameTimecode
+
+from curation import ffmpeg_tools
+from curation.curate_config import SceneConfig
+from curation.errors import InputRejected
+from curation.probe import VideoInfo
+
+
+@dataclass(frozen=True)
+class SceneResult:
+    """Shots as `[start, end)` frame ranges covering every decoded frame."""
+
+    shots: list[tuple[int, int]]
+    decoded_frames: int
+
+    @property
+    def cuts(self) -> list[int]:
+        return [start for start, _ in self.shots[1:]]
+
+
+def detection_size(info: VideoInfo, width: int) -> tuple[int, int]:
+    """Downscaled (width, height) with the display aspect ratio and even sides."""
+    width = min(width, info.width) // 2 * 2 or 2
+    height = max(2, int(round(width * info.height / info.width / 2)) * 2)
+    return width, height
+
+
+def make_detector(cfg: SceneConfig):
+    if cfg.detector == "content":
+        return ContentDetector(threshold=cfg.content_threshold, min_scene_len=cfg.min_shot_frames)
+    return AdaptiveDetector(
+        adaptive_threshold=cfg.adaptive_threshold,
+        min_scene_len=cfg.min_shot_frames,
+        window_width=cfg.adaptive_window,
+        min_content_val=cfg.min_content_val,
+    )
+
+
+def _decode_argv(path: str, info: VideoInfo, size: tuple[int, int], fast: bool) -> list[str]:
+    decoder_opts = {"skip_loop_filter": "all", "flags2": "fast"} if fast else {}
+    stream = ffmpeg.input(path, **decoder_opts).video
+    if info.variable_frame_rate:
+        stream = stream.filter("fps", info.fps_rational)
+    stream = stream.filter("scale", size[0], size[1])
+    out_opts = {"format": "rawvideo", "pix_fmt": "bgr24"}
+    if not info.variable_frame_rate:
+        out_opts["fps_mode"] = "passthrough"  # exactly one output frame per decoded frame
+    return ffmpeg_tools.compile_stream(ffmpeg.output(stream, "pipe:", **out_opts))
+
+
+def detect_shots(path: str, info: VideoInfo, cfg: SceneConfig) -> SceneResult:
+    """Decode `path` once at low resolution and return its shots; InputRejected if it won't decode."""
+    size = detection_size(info, cfg.width)
+    frame_bytes = size[0] * size[1] * 3
+    detector = make_detector(cfg)
+    cuts: list[int] = []
+    n = 0
+    with tempfile.TemporaryFile() as stderr:
+        proc = subprocess.Popen(
+            _decode_argv(path, info, size, cfg.fast_decode),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            bufsize=frame_bytes * 4,
+        )
+        watchdog = threading.Timer(cfg.timeout_s, proc.kill)
+        watchdog.start()
+        try:
+            buf = bytearray(frame_bytes)
+            view = memoryview(buf)
+            while proc.stdout.readinto(view) == frame_bytes:
+                frame = np.frombuffer(buf, np.uint8).reshape(size[1], size[0], 3)
+                cuts += [tc.frame_num for tc in detector.process_frame(FrameTimecode(n, info.fps), frame)]
+                n += 1
+            if n:
+                cuts += [tc.frame_num for tc in detector.post_process(FrameTimecode(n - 1, info.fps))]
+            returncode = proc.wait()
+        finally:
+            watchdog.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+        stderr.seek(0)
+        err_text = stderr.read().decode(errors="replace").strip()
+    last_line = err_text.splitlines()[-1] if err_text else ""
+    if returncode == -9 and not watchdog.is_alive() and n < info.num_frames:
+        raise InputRejected("undecodable", f"scene detection timed out after {cfg.timeout_s:g}s")
+    if n == 0:
+        raise InputRejected("undecodable", last_line or "no frame could be decoded")
+    if n < cfg.min_decoded_fraction * info.num_frames:
+        raise InputRejected("truncated", f"decoded {n} of {info.num_frames} frames; {last_line}".rstrip("; "))
+    bounds = [0, *sorted({c for c in cuts if 0 < c < n}), n]
+    return SceneResult(shots=list(zip(bounds[:-1], bounds[1:], strict=True)), decoded_frames=n)

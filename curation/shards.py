@@ -1,0 +1,81 @@
+"""Webdataset tar shards named `shard-TTTTTT-PPP.tar`, rolled over at a clip-count or byte limit.
+
+Each part is written under a temporary name and renamed when complete, so a crash never leaves a
+half-written shard under a real name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import webdataset as wds
+
+from curation import storage
+
+
+def shard_name(task_id: int, part: int, prefix: str = "shard") -> str:
+    return f"{prefix}-{task_id:06d}-{part:03d}.tar"
+
+
+def task_prefix(task_id: int, prefix: str = "shard") -> str:
+    """Every file of a task's shards (and their temporaries) starts with this."""
+    return f"{prefix}-{task_id:06d}-"
+
+
+class TaskShardWriter:
+    """Write a task's samples into consecutive parts; `write` returns the part's file name."""
+
+    def __init__(self, directory: str, task_id: int, max_clips: int, max_bytes: int, prefix: str = "shard"):
+        self.directory = directory
+        self.task_id = task_id
+        self.max_clips = max_clips
+        self.max_bytes = max_bytes
+        self.prefix = prefix
+        self.written: list[str] = []
+        self._part = -1
+        self._stack: contextlib.ExitStack | None = None
+        self._tar: wds.TarWriter | None = None
+        self._count = 0
+        self._bytes = 0
+
+    def _roll(self) -> None:
+        self.close()
+        self._part += 1
+        name = shard_name(self.task_id, self._part, self.prefix)
+        self._stack = contextlib.ExitStack()
+        stream = self._stack.enter_context(storage.atomic_output(storage.join(self.directory, name)))
+        self._tar = wds.TarWriter(stream)
+        self.written.append(name)
+        self._count = self._bytes = 0
+
+    def place(self, size: int) -> str:
+        """The shard file the next sample of `size` bytes goes to, rolling over to a new part if needed."""
+        full = self._count >= self.max_clips or (self._count > 0 and self._bytes + size > self.max_bytes)
+        if self._tar is None or full:
+            self._roll()
+        return self.written[-1]
+
+    def write(self, key: str, members: dict[str, bytes]) -> str:
+        """Add one sample (`{"mp4": ..., "json": ...}`) to the part `place` chose; returns its file name."""
+        size = sum(len(v) for v in members.values())
+        if self._tar is None:
+            self.place(size)
+        self._tar.write({"__key__": key, **members})
+        self._count += 1
+        self._bytes += size
+        return self.written[-1]
+
+    def close(self) -> None:
+        if self._tar is not None:
+            self._tar.close()  # closes the stream too; the ExitStack then renames it into place
+            self._stack.close()
+            self._tar = None
+
+    def __enter__(self) -> TaskShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        elif self._stack is not None:  # discard the unfinished part
+            self._stack.__exit__(exc_type, exc, tb)

@@ -1,0 +1,120 @@
+"""Sample videos made with ffmpeg's lavfi sources, with shot boundaries known to the frame.
+
+The demo, the tests and the benchmarks all need raw video with real cuts and no download. Each
+shot is one lavfi source trimmed to an exact frame count; shots are concatenated in one filter
+graph, so the boundary frames are known by construction and a detector can be checked against them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ffmpeg
+
+from curation import ffmpeg_tools
+
+# Sources that look different from each other, most of them moving. `{s}` is the size, `{r}` the rate.
+SOURCES: dict[str, str] = {
+    "testsrc2": "testsrc2=size={s}:rate={r}",
+    "mandelbrot": "mandelbrot=size={s}:rate={r}",
+    "bars": "smptehdbars=size={s}:rate={r},scroll=horizontal=0.004",
+    "cellauto": "cellauto=size={s}:rate={r}:rule=30:random_fill_ratio=0.4",
+    "life": "life=size={s}:rate={r}:ratio=0.3:mold=8:life_color=#ffcc33:death_color=#202080",
+    "gradients": "gradients=size={s}:rate={r}:speed=0.03:c0=0x10a040:c1=0xe04010",
+    "noise": "color=c=0x808080:size={s}:rate={r},noise=alls=80:allf=t",
+    "red": "color=c=0xc02020:size={s}:rate={r}",
+    "still": "testsrc2=size={s}:rate=1,fps={r}",
+}
+
+# Cycled by `shot_list` so that neighbouring shots always come from different sources.
+MOVING_CYCLE = ("testsrc2", "mandelbrot", "bars", "life", "gradients", "cellauto")
+
+
+@dataclass(frozen=True)
+class Shot:
+    """One shot: a lavfi source name from SOURCES (or a raw lavfi graph) held for `frames` frames."""
+
+    source: str
+    frames: int
+    hue: float = 0.0  # degrees; varies the look of a repeated source
+
+    def graph(self, size: str, rate: str) -> str:
+        base = SOURCES.get(self.source, self.source).format(s=size, r=rate)
+        return f"{base},hue=h={self.hue:g}" if self.hue else base
+
+
+@dataclass
+class VideoSpec:
+    """A synthetic video: shots at one size and rate, encoded with the given codec options."""
+
+    shots: list[Shot]
+    width: int = 320
+    height: int = 240
+    fps: str = "25"  # a rational string, e.g. "30000/1001"
+    vcodec: str = "libx264"
+    pix_fmt: str = "yuv420p"
+    output_options: dict = field(default_factory=dict)
+
+    @property
+    def boundaries(self) -> list[int]:
+        """Frame index of the first frame of every shot after the first."""
+        out, total = [], 0
+        for shot in self.shots[:-1]:
+            total += shot.frames
+            out.append(total)
+        return out
+
+    @property
+    def num_frames(self) -> int:
+        return sum(s.frames for s in self.shots)
+
+
+def shot_list(durations_frames: list[int]) -> list[Shot]:
+    """Shots of the given lengths, cycling through moving sources with varied hues."""
+    shots = []
+    for i, frames in enumerate(durations_frames):
+        source = MOVING_CYCLE[i % len(MOVING_CYCLE)]
+        hue = (i // len(MOVING_CYCLE)) * 67.0 % 360
+        shots.append(Shot(source, frames, hue))
+    return shots
+
+
+def make_video(path: str | Path, spec: VideoSpec, timeout_s: float = 600) -> Path:
+    """Render `spec` to `path` in one ffmpeg run and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size = f"{spec.width}x{spec.height}"
+    parts = [
+        ffmpeg.input(shot.graph(size, spec.fps), f="lavfi")
+        .trim(end_frame=shot.frames)
+        .setpts("PTS-STARTPTS")
+        .filter("format", spec.pix_fmt)
+        for shot in spec.shots
+    ]
+    video = ffmpeg.concat(*parts, v=1, a=0) if len(parts) > 1 else parts[0]
+    options = {"vcodec": spec.vcodec, "pix_fmt": spec.pix_fmt, "r": spec.fps, **spec.output_options}
+    ffmpeg_tools.run_stream(ffmpeg.output(video, str(path), **options), timeout_s)
+    return path
+
+
+def make_audio_only(path: str | Path, seconds: float = 2.0) -> Path:
+    """An audio-only file (a sine tone): a valid media file with no video stream."""
+    path = Path(path)
+    tone = ffmpeg.input(f"sine=frequency=440:duration={seconds:g}", f="lavfi")
+    ffmpeg_tools.run_stream(ffmpeg.output(tone, str(path)), 120)
+    return path
+
+
+def sample_set(directory: str | Path, fps: str = "25", width: int = 480, height: int = 270) -> list[Path]:
+    """The demo's inputs: a few multi-shot videos (one with a 0.32 s flash shot) and one broken file."""
+    directory = Path(directory)
+    specs = {
+        "city_walk.mp4": VideoSpec(shot_list([90, 130, 8, 110]), width, height, fps),
+        "studio_takes.mp4": VideoSpec(shot_list([150, 60, 140])[::-1], width, height, fps),
+        "long_take.mp4": VideoSpec([Shot("testsrc2", 300), Shot("gradients", 100)], width, height, fps),
+    }
+    paths = [make_video(directory / name, spec) for name, spec in specs.items()]
+    broken = directory / "broken_upload.mp4"
+    broken.write_bytes(paths[0].read_bytes()[: 2048])
+    return [*paths, broken]

@@ -1,0 +1,58 @@
+"""The `reelmill` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from curation import config as config_lib
+from curation.curate_config import CurateConfig
+from curation.inputs import InputError
+
+
+def _add_curate(sub) -> None:
+    p = sub.add_parser("curate", help="raw videos -> clip shards and manifests")
+    p.add_argument("--input", "-i", nargs="+", required=True, help="directories, globs, manifests or files")
+    p.add_argument("--output", "-o", required=True, help="output directory or URI (OUT)")
+    p.add_argument("--config", default="default", help="preset name in configs/curate/ or a YAML path")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--videos-per-task", type=int, help="shorthand for --set input.videos_per_task=N")
+    p.add_argument("--overwrite", action="store_true", help="discard what OUT holds and start over")
+    p.add_argument("--num-cpus", type=int, help="CPUs for the embedded local Ray (default: all)")
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="make sample videos and run the whole pipeline on them")
+    p.add_argument("--output", "-o", default="demo_out")
+    p.add_argument("--num-cpus", type=int)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="reelmill", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_curate(sub)
+    _add_demo(sub)
+    args = parser.parse_args(argv)
+    from jobs.curate import ResumeRefused  # heavy imports (ray) only once arguments parse
+
+    try:
+        if args.command == "curate":
+            from jobs.curate import run_curate
+
+            overrides = list(args.overrides)
+            if args.videos_per_task is not None:
+                overrides.append(f"input.videos_per_task={args.videos_per_task}")
+            cfg = config_lib.load(CurateConfig, "curate", args.config, overrides)
+            run_curate(args.input, args.output, cfg, overwrite=args.overwrite, num_cpus=args.num_cpus)
+        elif args.command == "demo":
+            from jobs.demo import run_demo
+
+            run_demo(args.output, num_cpus=args.num_cpus)
+    except (config_lib.ConfigError, InputError, ResumeRefused) as exc:
+        print(f"reelmill {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
