@@ -108,13 +108,10 @@ class TranscodeConfig:
         check(self.max_short_side is None or self.max_short_side >= 16, "transcode.max_short_side", ">= 16")
         check(self.fps is None or self.fps > 0, "transcode.fps", "must be > 0")
         check(0 <= self.crf <= 51, "transcode.crf", "must be in 0..51")
-        check(
-            self.preset in X264_PRESETS, "transcode.preset", f"must be one of {', '.join(X264_PRESETS)}"
-        )
+        check(self.preset in X264_PRESETS, "transcode.preset", f"must be one of {', '.join(X264_PRESETS)}")
         check(self.clips_per_process >= 1, "transcode.clips_per_process", "must be >= 1")
         check(self.workers >= 1, "transcode.workers", "must be >= 1")
         check(self.threads >= 0, "transcode.threads", "must be >= 0")
-
 
 
 @dataclass

@@ -69,10 +69,14 @@ def read_manifest(uri: str) -> list[str]:
         import pyarrow as pa
 
         table = (
-            pacsv.read_csv(pa.BufferReader(data)) if suffix == ".csv" else pq.read_table(pa.BufferReader(data))
+            pacsv.read_csv(pa.BufferReader(data))
+            if suffix == ".csv"
+            else pq.read_table(pa.BufferReader(data))
         )
         if "uri" not in table.column_names:
-            raise InputError(f"{uri}: manifest has no 'uri' column (columns: {', '.join(table.column_names)})")
+            raise InputError(
+                f"{uri}: manifest has no 'uri' column (columns: {', '.join(table.column_names)})"
+            )
         entries = [str(v) for v in table.column("uri").to_pylist() if v]
     return [_resolve_relative(e, uri) for e in entries]
 

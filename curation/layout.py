@@ -57,7 +57,14 @@ class OutputLayout:
 
     def owned_dirs(self) -> list[str]:
         """Everything a run writes; `--overwrite` removes exactly these."""
-        return [self.shards, self.dropped, self.path("manifest"), self.markers, self.path("_state"), self.report]
+        return [
+            self.shards,
+            self.dropped,
+            self.path("manifest"),
+            self.markers,
+            self.path("_state"),
+            self.report,
+        ]
 
     def completed_markers(self) -> dict[int, dict]:
         """Task id -> marker content for every completed task."""

@@ -50,11 +50,25 @@ def _rotation(stream: dict) -> int:
     return int(tag) % 360 if tag and tag.lstrip("-").isdigit() else 0
 
 
-def _classify_probe_failure(err: ffmpeg_tools.FFmpegError) -> InputRejected:
+ISO_BMFF_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip")
+
+
+def _looks_like_mp4(path: str) -> bool:
+    """Whether the file starts like an MP4/MOV (a box type at bytes 4-8), whatever its name says."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(8)[4:8] in ISO_BMFF_BOXES
+    except OSError:
+        return False
+
+
+def _classify_probe_failure(err: ffmpeg_tools.FFmpegError, path: str) -> InputRejected:
     text = err.stderr.lower()
     if err.timed_out:
         return InputRejected("undecodable", "ffprobe timed out")
-    if "moov atom not found" in text or "end of file" in text:
+    if "moov atom not found" in text and _looks_like_mp4(path):
+        return InputRejected("truncated", "MP4 without its index (moov atom): the upload was cut off")
+    if "end of file" in text:
         return InputRejected("truncated", err.detail)
     if "invalid data found" in text or "could not find codec parameters" in text:
         return InputRejected("not_a_video", err.detail)
@@ -73,7 +87,7 @@ def probe(path: str, min_duration_s: float, timeout_s: float = 60.0) -> VideoInf
     try:
         meta = ffmpeg_tools.probe_json(path, timeout_s)
     except ffmpeg_tools.FFmpegError as err:
-        raise _classify_probe_failure(err) from None
+        raise _classify_probe_failure(err, path) from None
     streams = meta.get("streams", [])
     fmt = meta.get("format", {})
     videos = [
@@ -88,7 +102,11 @@ def probe(path: str, min_duration_s: float, timeout_s: float = 60.0) -> VideoInf
     rate = _rate(v.get("avg_frame_rate")) or _rate(v.get("r_frame_rate"))
     declared_frames = int(v["nb_frames"]) if str(v.get("nb_frames", "")).isdigit() else None
     duration = float(v.get("duration") or fmt.get("duration") or 0.0)
-    if declared_frames == 1 or (rate is None and duration == 0.0) or fmt.get("format_name", "").endswith("_pipe"):
+    if (
+        declared_frames == 1
+        or (rate is None and duration == 0.0)
+        or fmt.get("format_name", "").endswith("_pipe")
+    ):
         raise InputRejected("single_frame", f"{v.get('codec_name')} still image")
     if rate is None:
         raise InputRejected("undecodable", "no usable frame rate")

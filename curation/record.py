@@ -125,4 +125,6 @@ VIDEO_SCHEMA = pa.schema(
 
 def table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     """Rows to a table with exactly `schema`'s columns (missing fields become nulls)."""
-    return pa.Table.from_pylist([{name: row.get(name) for name in schema.names} for row in rows], schema=schema)
+    return pa.Table.from_pylist(
+        [{name: row.get(name) for name in schema.names} for row in rows], schema=schema
+    )

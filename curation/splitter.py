@@ -94,7 +94,9 @@ class ClipSplitter:
         result.clips.sort(key=lambda c: (order[c.source], c.source_start_frame))
         return result
 
-    def _start_video(self, path: str, uri: str, row: dict, pool: ThreadPoolExecutor, task_id: int) -> _PendingVideo:
+    def _start_video(
+        self, path: str, uri: str, row: dict, pool: ThreadPoolExecutor, task_id: int
+    ) -> _PendingVideo:
         cfg = self.cfg
         info = probe(path, cfg.probe.min_duration_s, cfg.probe.timeout_s)
         row |= info.as_row()

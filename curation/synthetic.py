@@ -89,12 +89,22 @@ def make_video(path: str | Path, spec: VideoSpec, timeout_s: float = 600) -> Pat
         ffmpeg.input(shot.graph(size, spec.fps), f="lavfi")
         .trim(end_frame=shot.frames)
         .setpts("PTS-STARTPTS")
+        .filter("scale", spec.width, spec.height)  # some sources round odd sizes to even
+        .filter("setsar", 1)
         .filter("format", spec.pix_fmt)
         for shot in spec.shots
     ]
     video = ffmpeg.concat(*parts, v=1, a=0) if len(parts) > 1 else parts[0]
     options = {"vcodec": spec.vcodec, "pix_fmt": spec.pix_fmt, "r": spec.fps, **spec.output_options}
     ffmpeg_tools.run_stream(ffmpeg.output(video, str(path), **options), timeout_s)
+    return path
+
+
+def with_rotation(source: str | Path, path: str | Path, degrees: int) -> Path:
+    """A stream copy of `source` whose display matrix says to rotate it by `degrees` (as phones write)."""
+    path = Path(path)
+    stream = ffmpeg.input(str(source)).output(str(path), c="copy", **{"metadata:s:v:0": f"rotate={degrees}"})
+    ffmpeg_tools.run_stream(stream, 120)
     return path
 
 
@@ -116,5 +126,5 @@ def sample_set(directory: str | Path, fps: str = "25", width: int = 480, height:
     }
     paths = [make_video(directory / name, spec) for name, spec in specs.items()]
     broken = directory / "broken_upload.mp4"
-    broken.write_bytes(paths[0].read_bytes()[: 2048])
+    broken.write_bytes(paths[0].read_bytes()[:2048])
     return [*paths, broken]

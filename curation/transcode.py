@@ -65,7 +65,9 @@ def group_spans(spans: list[ClipSpan], per_process: int) -> list[list[ClipSpan]]
     return [kept[i : i + per_process] for i in range(0, len(kept), per_process)]
 
 
-def transcode_group(path: str, info: VideoInfo, spans: list[ClipSpan], cfg: TranscodeConfig) -> list[EncodedClip]:
+def transcode_group(
+    path: str, info: VideoInfo, spans: list[ClipSpan], cfg: TranscodeConfig
+) -> list[EncodedClip]:
     """Encode every span in `spans` (kept clips of one source, in order) in one ffmpeg run."""
     first = spans[0].start_frame
     seek = max(0.0, (first - SEEK_MARGIN_FRAMES) / info.fps)
@@ -95,7 +97,9 @@ def transcode_group(path: str, info: VideoInfo, spans: list[ClipSpan], cfg: Tran
             options = dict(encoder)
             if audio is not None:
                 t0, t1 = span.start_frame / info.fps, span.end_frame / info.fps
-                streams.append(audio[k].filter("atrim", start=t0 - seek, end=t1 - seek).filter("asetpts", "PTS-STARTPTS"))
+                streams.append(
+                    audio[k].filter("atrim", start=t0 - seek, end=t1 - seek).filter("asetpts", "PTS-STARTPTS")
+                )
                 options["acodec"] = "aac"
             else:
                 options["an"] = None

@@ -128,12 +128,16 @@ def run_curate(
     prepare_output(layout, spec, overwrite)
     done = {tid for tid, m in layout.completed_markers().items() if m.get("run_fingerprint") == fingerprint}
     pending = [t for t in tasks if t.task_id not in done]
-    log(f"reelmill curate: {len(uris)} videos in {len(tasks)} tasks; {len(done)} done already, {len(pending)} to run")
+    log(
+        f"reelmill curate: {len(uris)} videos in {len(tasks)} tasks; {len(done)} done already, {len(pending)} to run"
+    )
 
     fresh: list[dict] = []
     with ray_session(num_cpus) as ray_info:
         if pending:
-            ds = ray.data.from_items([{"task": pickle.dumps(t)} for t in pending], override_num_blocks=len(pending))
+            ds = ray.data.from_items(
+                [{"task": pickle.dumps(t)} for t in pending], override_num_blocks=len(pending)
+            )
             ds = ds.map(functools.partial(_split_row, cfg=cfg), num_cpus=cfg.resources.split_cpus)
             ds = ds.map(
                 functools.partial(_write_row, out=output, cfg=cfg, fingerprint=fingerprint),

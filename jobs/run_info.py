@@ -7,7 +7,16 @@ import platform
 
 from curation import ffmpeg_tools
 
-PACKAGES = ("reelmill", "ray", "pyarrow", "webdataset", "scenedetect", "opencv-python", "ffmpeg-python", "numpy")
+PACKAGES = (
+    "reelmill",
+    "ray",
+    "pyarrow",
+    "webdataset",
+    "scenedetect",
+    "opencv-python",
+    "ffmpeg-python",
+    "numpy",
+)
 
 
 def versions(extra: tuple[str, ...] = ()) -> dict[str, str]:

@@ -1,0 +1,130 @@
+"""Shared fixtures: videos made with ffmpeg lavfi (known shot boundaries), broken files, a Ray session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import ffmpeg
+import pytest
+import ray
+
+from curation import ffmpeg_tools, synthetic
+from curation.synthetic import Shot, VideoSpec, shot_list
+
+# A video with a 0.32 s (8-frame) shot between two long ones, and other boundaries.
+MULTI_SHOT = VideoSpec(shot_list([70, 60, 8, 75, 55]), width=320, height=240, fps="25")
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("media")
+
+
+@pytest.fixture(scope="session")
+def multi_shot_video(media_dir) -> Path:
+    return synthetic.make_video(media_dir / "multi_shot.mp4", MULTI_SHOT)
+
+
+@pytest.fixture(scope="session")
+def two_shot_video(media_dir) -> Path:
+    spec = VideoSpec([Shot("testsrc2", 60), Shot("mandelbrot", 60)], width=240, height=180)
+    return synthetic.make_video(media_dir / "two_shot.mp4", spec)
+
+
+def make_bad_inputs(directory: Path, good_video: Path) -> dict[str, tuple[Path, str]]:
+    """Broken or unusable inputs, each with the error code the job must report for it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    out: dict[str, tuple[Path, str]] = {}
+    empty = directory / "empty.mp4"
+    empty.write_bytes(b"")
+    out["empty"] = (empty, "empty_file")
+    text = directory / "notes.mp4"
+    text.write_text("this is not a video, just some text\n" * 20)
+    out["text"] = (text, "not_a_video")
+    noise = directory / "random.mkv"
+    noise.write_bytes(os.urandom(64 * 1024))
+    out["random"] = (noise, "not_a_video")
+    # faststart puts the index first, so the cut-off file probes fine but its frames are gone
+    faststart = synthetic.make_video(
+        directory / "whole.mp4",
+        VideoSpec(shot_list([100, 100]), 320, 240, output_options={"movflags": "+faststart"}),
+    )
+    truncated = directory / "truncated.mp4"
+    truncated.write_bytes(faststart.read_bytes()[: faststart.stat().st_size // 3])
+    faststart.unlink()
+    out["truncated"] = (truncated, "truncated")
+    head_only = directory / "head_only.mp4"
+    head_only.write_bytes(good_video.read_bytes()[:4096])  # index at the end: never written
+    out["head_only"] = (head_only, "truncated")
+    audio = synthetic.make_audio_only(directory / "tone.m4a")
+    out["audio_only"] = (audio, "no_video_stream")
+    one = synthetic.make_video(directory / "one_frame.mp4", VideoSpec([Shot("testsrc2", 1)], 160, 120))
+    out["one_frame"] = (one, "single_frame")
+    short = synthetic.make_video(directory / "short.mp4", VideoSpec([Shot("testsrc2", 25)], 160, 120))
+    out["too_short"] = (short, "too_short")
+    return out
+
+
+@pytest.fixture(scope="session")
+def awkward_videos(tmp_path_factory):
+    """Valid but awkward inputs: odd size, VP9/webm, MJPEG/avi, rotation metadata, variable frame rate."""
+    d = tmp_path_factory.mktemp("awkward")
+    shots = shot_list([60, 60])
+    out = {
+        "odd": synthetic.make_video(d / "odd.mp4", VideoSpec(shots, 321, 241, pix_fmt="yuv444p")),
+        "vp9": synthetic.make_video(
+            d / "clip.webm",
+            VideoSpec(
+                shots,
+                320,
+                240,
+                vcodec="libvpx-vp9",
+                output_options={"b:v": "300k", "deadline": "realtime", "cpu-used": 8},
+            ),
+        ),
+        "mjpeg": synthetic.make_video(
+            d / "clip.avi", VideoSpec(shots, 320, 240, vcodec="mjpeg", pix_fmt="yuvj420p")
+        ),
+    }
+    upright = synthetic.make_video(d / "upright.mp4", VideoSpec(shots, 320, 240))
+    out["rotated"] = synthetic.with_rotation(upright, d / "rotated.mp4", 90)
+    # variable frame rate: 2.4 s at 25 fps, then 2.4 s at 10 fps, timestamps kept as they are
+    fast = ffmpeg.input("testsrc2=size=320x240:rate=25", f="lavfi").trim(end_frame=60).setpts("PTS-STARTPTS")
+    slow = (
+        ffmpeg.input("mandelbrot=size=320x240:rate=10", f="lavfi").trim(end_frame=24).setpts("PTS-STARTPTS")
+    )
+    vfr = d / "vfr.mp4"
+    ffmpeg_tools.run_stream(
+        ffmpeg.concat(fast, slow).output(str(vfr), vcodec="libx264", pix_fmt="yuv420p", fps_mode="vfr"), 120
+    )
+    out["vfr"] = vfr
+    return out
+
+
+@pytest.fixture(scope="session")
+def bad_inputs(tmp_path_factory, two_shot_video):
+    return make_bad_inputs(tmp_path_factory.mktemp("bad"), two_shot_video)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray for a whole test module (starting Ray costs seconds)."""
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+def decode_frames(path: Path, width: int = 64, height: int = 48):
+    """All frames of a video as small RGB arrays, for comparing content across files."""
+    import ffmpeg
+    import numpy as np
+
+    raw = ffmpeg_tools.run_stream(
+        ffmpeg.input(str(path))
+        .video.filter("scale", width, height)
+        .output("pipe:", format="rawvideo", pix_fmt="rgb24"),
+        120,
+    )
+    return np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3).astype(np.float32)

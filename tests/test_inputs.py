@@ -1,0 +1,69 @@
+"""Finding inputs (directory, glob, manifests) and grouping them into deterministic tasks."""
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from curation.curate_config import VIDEO_EXTENSIONS
+from curation.inputs import InputError, expand_inputs, make_tasks
+
+
+@pytest.fixture()
+def tree(tmp_path):
+    for rel in ["a/one.mp4", "a/b/two.MOV", "three.webm", "notes.txt.bak", "a/cover.jpg"]:
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    return tmp_path
+
+
+def test_directory_is_searched_recursively_for_video_suffixes(tree):
+    found = expand_inputs([str(tree)], VIDEO_EXTENSIONS)
+    assert [p.replace(str(tree) + "/", "") for p in found] == ["a/b/two.MOV", "a/one.mp4", "three.webm"]
+
+
+def test_glob_and_duplicates(tree):
+    found = expand_inputs([f"{tree}/**/*.mp4", str(tree / "a" / "one.mp4")], VIDEO_EXTENSIONS)
+    assert found == [str(tree / "a" / "one.mp4")]
+
+
+@pytest.mark.parametrize("kind", ["txt", "csv", "parquet", "jsonl"])
+def test_manifests_with_relative_and_absolute_entries(tree, kind):
+    entries = ["a/one.mp4", str(tree / "three.webm")]
+    manifest = tree / f"list.{kind}"
+    if kind == "txt":
+        manifest.write_text("# my videos\n" + "\n".join(entries) + "\n\n")
+    elif kind == "csv":
+        manifest.write_text("uri,label\n" + "\n".join(f"{e},x" for e in entries) + "\n")
+    elif kind == "parquet":
+        pq.write_table(pa.table({"uri": entries}), manifest)
+    else:
+        manifest.write_text("\n".join(json.dumps({"uri": e}) for e in entries))
+    assert expand_inputs([str(manifest)], VIDEO_EXTENSIONS) == [
+        str(tree / "a" / "one.mp4"),
+        str(tree / "three.webm"),
+    ]
+
+
+def test_manifest_without_uri_column_is_an_error(tree):
+    manifest = tree / "bad.csv"
+    manifest.write_text("path\nx.mp4\n")
+    with pytest.raises(InputError, match="no 'uri' column"):
+        expand_inputs([str(manifest)], VIDEO_EXTENSIONS)
+
+
+def test_missing_input_and_empty_match_are_errors(tree):
+    with pytest.raises(InputError, match="does not exist"):
+        expand_inputs([str(tree / "nope")], VIDEO_EXTENSIONS)
+    with pytest.raises(InputError, match="matches no video files"):
+        expand_inputs([f"{tree}/*.avi"], VIDEO_EXTENSIONS)
+
+
+def test_tasks_are_deterministic_groups():
+    uris = [f"/v/{i:02d}.mp4" for i in range(7)]
+    tasks = make_tasks(uris, 3)
+    assert [t.uris for t in tasks] == [tuple(uris[0:3]), tuple(uris[3:6]), tuple(uris[6:7])]
+    assert [t.name for t in tasks] == ["000000", "000001", "000002"]
+    assert make_tasks(list(uris), 3) == tasks
