@@ -91,7 +91,8 @@ def transcode_group(
             a, b = span.start_frame - first, span.end_frame - first
             clip = branches[2 * k].trim(start_frame=a, end_frame=b).setpts("PTS-STARTPTS")
             if cfg.fps:
-                clip = clip.filter("fps", cfg.fps)
+                # the fps filter pads with repeats up to the end of the *source*; cap it to the span
+                clip = clip.filter("fps", cfg.fps).trim(duration=span.num_frames / info.fps)
             clip = clip.filter("scale", size[0], size[1]).filter("setsar", 1)
             streams = [clip]
             options = dict(encoder)

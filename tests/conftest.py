@@ -57,7 +57,7 @@ def make_bad_inputs(directory: Path, good_video: Path) -> dict[str, tuple[Path, 
     head_only = directory / "head_only.mp4"
     head_only.write_bytes(good_video.read_bytes()[:4096])  # index at the end: never written
     out["head_only"] = (head_only, "truncated")
-    audio = synthetic.make_audio_only(directory / "tone.m4a")
+    audio = synthetic.make_audio_only(directory / "audio_only.mp4")
     out["audio_only"] = (audio, "no_video_stream")
     one = synthetic.make_video(directory / "one_frame.mp4", VideoSpec([Shot("testsrc2", 1)], 160, 120))
     out["one_frame"] = (one, "single_frame")

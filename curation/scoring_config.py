@@ -1,0 +1,188 @@
+"""Configuration of clip scoring (`scoring.*`) and of the keep/drop decision (`filters.*`).
+
+Scorers measure, filters decide: every threshold lives in the declarative `filters.rules` list,
+so changing what is kept never changes how anything is measured, and a `score-only` run records
+every score without dropping a clip (to pick thresholds from a real distribution first).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Literal
+
+from curation.config import check
+
+# Scores a scorer fills (null when it is off); the manifest has one column per name.
+SCORE_NAMES = (
+    "motion", "motion_px", "moving_fraction", "aesthetic", "sharpness", "brightness", "contrast",
+    "colorfulness", "frozen_fraction",
+)  # fmt: skip
+# Extra keys of the quality scorer: the picture without letterbox/pillarbox bars, in source pixels.
+CONTENT_BOX_NAMES = ("content_x", "content_y", "content_w", "content_h")
+FILTERABLE_SCORES = SCORE_NAMES + CONTENT_BOX_NAMES
+
+
+@dataclass
+class FrameSamplerConfig:
+    """The one decode per clip that feeds every scorer."""
+
+    fps: float = 2.0
+    """Frames sampled per second of clip; motion is measured between consecutive samples."""
+    max_frames: int = 64
+    """Longer clips keep evenly spread pairs of consecutive samples, so motion keeps its time step."""
+    short_side: int = 256
+    """Samples are scaled so their short side is this (up or down): scores do not depend on the
+    source resolution. Scorers that want a smaller size downscale from here."""
+    detect_bars: bool = True
+    """Find letterbox/pillarbox bars; every scorer then measures only the picture inside them."""
+    bar_level: float = 0.1
+    """Lines (rows/columns) darker than this (0-1) and flat in every sample are bar candidates."""
+    timeout_s: float = 300.0
+
+    def __post_init__(self):
+        check(0 < self.bar_level < 1, "scoring.frames.bar_level", "must be in (0, 1)")
+        check(0 < self.fps <= 30, "scoring.frames.fps", "must be in (0, 30]")
+        check(self.max_frames >= 2, "scoring.frames.max_frames", "must be >= 2 (motion needs pairs)")
+        check(self.short_side >= 32, "scoring.frames.short_side", "must be >= 32")
+        check(self.timeout_s > 0, "scoring.frames.timeout_s", "must be > 0")
+
+
+@dataclass
+class MotionConfig:
+    """Dense optical flow (OpenCV Farneback) between consecutive samples, on grayscale frames."""
+
+    enabled: bool = True
+    short_side: int = 128
+    """Flow is computed at this short side; `motion_px` is in pixels at this reference size."""
+    moving_threshold_px: float = 0.5
+    """A pixel counts as moving (`moving_fraction`) above this flow magnitude, in reference pixels
+    per sampling step. Above the noise floor of a still x264 shot (about 0.05 px), below a slow pan."""
+    levels: int = 3
+    """Farneback pyramid levels below the reference size (OpenCV stops at 32 px anyway)."""
+    winsize: int = 15
+    """Farneback averaging window (pixels at the reference size)."""
+
+    def __post_init__(self):
+        check(self.short_side >= 32, "scoring.motion.short_side", "must be >= 32")
+        check(self.moving_threshold_px > 0, "scoring.motion.moving_threshold_px", "must be > 0")
+        check(1 <= self.levels <= 8, "scoring.motion.levels", "must be in 1..8")
+        check(self.winsize >= 3, "scoring.motion.winsize", "must be >= 3")
+
+
+@dataclass
+class QualityConfig:
+    """Model-free picture quality: exposure, contrast, colour, sharpness, frozen frames."""
+
+    enabled: bool = True
+    short_side: int = 256
+    """`sharpness` is the Laplacian variance at this short side (it depends strongly on scale)."""
+    frozen_threshold: float = 1.0
+    """Consecutive samples closer than this mean absolute grey difference (0-255 scale, at 64 px
+    short side) count as frozen; x264 noise on a still image stays well below it."""
+
+    def __post_init__(self):
+        check(self.short_side >= 32, "scoring.quality.short_side", "must be >= 32")
+        check(self.frozen_threshold >= 0, "scoring.quality.frozen_threshold", "must be >= 0")
+
+
+@dataclass
+class AestheticConfig:
+    """open_clip image embeddings scored by the LAION improved aesthetic predictor head (0-10)."""
+
+    enabled: bool = True
+    clip_model: str = "ViT-L-14"
+    """An open_clip model name (or `local-dir:PATH` / `hf-hub:ID`). The head expects ViT-L/14 features."""
+    clip_pretrained: str = "openai"
+    """An open_clip pretrained tag for `clip_model`, or the path to a checkpoint file."""
+    clip_model_config: str | None = None
+    """A model config JSON file (or a directory of them) to register with open_clip first, for an
+    architecture that open_clip does not ship; `clip_model` is then the file's stem."""
+    head_weights: str | None = None
+    """Path to the head's state dict, e.g. `sac+logos+ava1-l14-linearMSE.pth` from
+    christophschuhmann/improved-aesthetic-predictor."""
+    frame_positions: list[float] = field(default_factory=lambda: [0.1, 0.5, 0.9])
+    """Where in the clip (fractions of its duration) the scored frames are taken."""
+    reduce: Literal["mean", "min"] = "mean"
+    """How the per-frame scores become the clip's `aesthetic`."""
+    batch_size: int = 8
+    """Clips per forward pass in `score_batch` (times the number of frame positions)."""
+    num_gpus: float = 0.0
+    """GPUs reserved per scoring actor (0: run on CPU)."""
+    device: str = "auto"
+    """`auto` (cuda when available), `cpu`, `cuda`, `cuda:1`, ..."""
+
+    def __post_init__(self):
+        check(bool(self.clip_model), "scoring.aesthetic.clip_model", "must not be empty")
+        check(bool(self.frame_positions), "scoring.aesthetic.frame_positions", "must not be empty")
+        check(
+            all(0 <= p <= 1 for p in self.frame_positions),
+            "scoring.aesthetic.frame_positions",
+            "must be fractions in [0, 1]",
+        )
+        check(self.batch_size >= 1, "scoring.aesthetic.batch_size", "must be >= 1")
+        check(self.num_gpus >= 0, "scoring.aesthetic.num_gpus", "must be >= 0")
+        check(
+            self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+            "scoring.aesthetic.device",
+            "must be auto, cpu or cuda[:N]",
+        )
+
+
+@dataclass
+class ScoringConfig:
+    """All scorers of a clip, fed by one frame sampler."""
+
+    frames: FrameSamplerConfig = field(default_factory=FrameSamplerConfig)
+    motion: MotionConfig = field(default_factory=MotionConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    aesthetic: AestheticConfig = field(default_factory=AestheticConfig)
+
+
+@dataclass
+class FilterRule:
+    """Keep a clip only if `min <= scores[score] <= max` (either bound may be left out)."""
+
+    score: str
+    min: float | None = None
+    max: float | None = None
+
+
+def default_rules() -> list[FilterRule]:
+    """The default rules, most telling first: a black clip is `brightness<..`, not `motion<..`.
+
+    Thresholds were set on synthetic clips (tests/test_scoring.py) and the usual ranges of each
+    measure; run `filters.mode=score-only` on a sample of your data to tune them.
+    """
+    return [
+        FilterRule("brightness", min=0.06),  # mean luma of a near-black shot (fades, lens cap)
+        FilterRule("brightness", max=0.95),  # blown out or a white slate
+        FilterRule("frozen_fraction", max=0.5),  # mostly repeated frames: a freeze frame or stills
+        FilterRule("motion", min=0.0012),  # still shots and slideshows (x264 still: ~0.0002)
+        FilterRule("motion", max=0.08),  # chaotic or flashing footage (8 % of the diagonal per step)
+        FilterRule("sharpness", min=30.0),  # defocused or heavily blurred (gblur sigma >= ~2)
+        FilterRule("aesthetic", min=4.5),  # LAION predictor, 0-10 scale
+    ]
+
+
+@dataclass
+class FilterConfig:
+    """The keep/drop decision over a clip's scores: rules in order, the first failure is the reason."""
+
+    mode: Literal["filter", "score-only"] = "filter"
+    """`score-only` evaluates nothing and keeps every clip (scores are still recorded)."""
+    rules: list[FilterRule] = field(default_factory=default_rules)
+
+    def __post_init__(self):
+        for i, rule in enumerate(self.rules):
+            key = f"filters.rules[{i}]"
+            close = difflib.get_close_matches(rule.score, FILTERABLE_SCORES, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            check(
+                rule.score in FILTERABLE_SCORES,
+                f"{key}.score",
+                f"unknown score {rule.score!r}{hint}; one of {', '.join(FILTERABLE_SCORES)}",
+            )
+            check(rule.min is not None or rule.max is not None, key, "needs `min`, `max` or both")
+            if rule.min is not None and rule.max is not None:
+                check(rule.min <= rule.max, key, f"min ({rule.min:g}) is above max ({rule.max:g})")

@@ -1,0 +1,196 @@
+"""The curate job end to end on a local Ray: shards, manifests, run.json, resume, refusal, CLI errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray
+import webdataset as wds
+
+from conftest import make_bad_inputs
+from curation import config, synthetic
+from curation.curate_config import CurateConfig
+from curation.layout import OutputLayout
+from curation.synthetic import VideoSpec, shot_list
+from jobs.curate import ResumeRefused, run_curate
+
+REELMILL = str(Path(sys.executable).with_name("reelmill"))
+
+
+def shard_samples(layout: OutputLayout) -> dict[str, dict]:
+    """Every sample in the run's shards, read with webdataset, by key."""
+    samples = {}
+    for url in layout.shard_files():
+        for sample in wds.WebDataset(url, shardshuffle=False):
+            assert sample["__key__"] not in samples, "duplicate key"
+            samples[sample["__key__"]] = sample
+    return samples
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, multi_shot_video, two_shot_video):
+    d = tmp_path_factory.mktemp("inputs")
+    for src in (multi_shot_video, two_shot_video):
+        os.symlink(src, d / src.name)
+    synthetic.make_video(d / "third.mp4", VideoSpec(shot_list([80, 90]), 256, 144))
+    bad = make_bad_inputs(d / "bad", two_shot_video)
+    return d, bad
+
+
+@pytest.fixture(scope="module")
+def run(ray_local, inputs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "out"
+    cfg = config.load(CurateConfig, "curate", "default", ["input.videos_per_task=3"])
+    return out, run_curate([str(inputs[0])], str(out), cfg)
+
+
+def test_every_input_and_every_candidate_clip_has_a_row(run, inputs):
+    out, _ = run
+    layout = OutputLayout(str(out))
+    videos = layout.read_manifest(layout.videos_manifest).to_pylist()
+    input_files = sorted(str(p) for p in inputs[0].rglob("*") if p.is_file() or p.is_symlink())
+    assert sorted(v["uri"] for v in videos) == sorted(os.path.abspath(p) for p in input_files)
+    errors = {os.path.basename(v["uri"]): v["error_code"] for v in videos if v["status"] == "error"}
+    assert errors == {path.name: code for path, code in inputs[1].values()}
+    clips = layout.read_manifest(layout.clips_manifest).to_pylist()
+    ok = [v for v in videos if v["status"] == "ok"]
+    assert sum(v["num_clips"] for v in ok) == len(clips)
+    dropped = [c for c in clips if not c["kept"]]
+    assert dropped and all(c["drop_reason"] for c in dropped)
+    assert len({c["clip_id"] for c in clips}) == len(clips)
+
+
+def test_shards_match_the_manifest_both_ways(run):
+    out, _ = run
+    layout = OutputLayout(str(out))
+    clips = layout.read_manifest(layout.clips_manifest).to_pylist()
+    kept = {c["clip_id"]: c for c in clips if c["kept"]}
+    samples = shard_samples(layout)
+    assert set(samples) == set(kept)
+    for key, sample in samples.items():
+        record = json.loads(sample["json"])
+        assert record["clip_id"] == key and record["kept"] is True
+        assert record["caption"] is None and set(record["scores"]) >= {"motion", "aesthetic"}
+        assert os.path.basename(sample["__url__"]) == record["shard"] == kept[key]["shard"]
+        assert sample["mp4"][4:8] == b"ftyp" and sample["jpg"][:2] == b"\xff\xd8"
+    names = sorted(os.path.basename(u) for u in layout.shard_files())
+    assert all(
+        n.startswith("shard-") and n.endswith(".tar") and len(n) == len("shard-000000-000.tar") for n in names
+    )
+
+
+def test_ray_data_reads_the_shards(run):
+    out, _ = run
+    layout = OutputLayout(str(out))
+    ds = ray.data.read_webdataset(layout.shard_files())
+    keys = {row["__key__"] for row in ds.iter_rows()}
+    assert keys == set(shard_samples(layout))
+
+
+def test_run_json(run):
+    out, result = run
+    written = json.loads((out / "run.json").read_text())
+    assert written["counts"] == result["counts"]
+    assert written["config"]["input"]["videos_per_task"] == 3
+    assert {"ray", "pyarrow", "webdataset", "scenedetect", "ffmpeg"} <= set(written["versions"])
+    assert written["counts"]["clips_kept"] == len(shard_samples(OutputLayout(str(out))))
+    assert written["throughput"]["video_s_per_wall_s"] > 0
+    assert written["counts"]["drop_reasons"]["duration<2"] >= 1
+
+
+def test_rerun_skips_done_tasks_and_changed_config_is_refused(run, inputs):
+    out, first = run
+    cfg = config.load(CurateConfig, "curate", "default", ["input.videos_per_task=3"])
+    again = run_curate([str(inputs[0])], str(out), cfg)
+    assert again["tasks"]["run_now"] == 0 and again["counts"] == first["counts"]
+    changed = config.load(
+        CurateConfig, "curate", "default", ["input.videos_per_task=3", "clips.max_clip_s=4"]
+    )
+    with pytest.raises(ResumeRefused, match=r"clips\.max_clip_s: 10\.0 -> 4\.0"):
+        run_curate([str(inputs[0])], str(out), changed)
+
+
+def test_overwrite_starts_over(ray_local, inputs, tmp_path):
+    out = tmp_path / "out"
+    cfg = config.load(CurateConfig, "curate", "default", ["input.videos_per_task=8"])
+    run_curate([str(inputs[0] / "two_shot.mp4")], str(out), cfg)
+    changed = config.load(CurateConfig, "curate", "default", ["transcode.crf=30"])
+    result = run_curate([str(inputs[0] / "two_shot.mp4")], str(out), changed, overwrite=True)
+    assert result["tasks"]["run_now"] == 1
+    assert result["counts"]["clips_kept"] == len(shard_samples(OutputLayout(str(out)))) == 2
+
+
+def _curate_cmd(inputs_dir, out) -> list[str]:
+    return [
+        REELMILL,
+        "curate",
+        "--input",
+        str(inputs_dir),
+        "--output",
+        str(out),
+        "--videos-per-task",
+        "1",
+        "--num-cpus",
+        "2",
+    ]
+
+
+def test_resume_after_sigkill_matches_a_clean_run(tmp_path):
+    videos = tmp_path / "videos"
+    for i in range(6):
+        synthetic.make_video(
+            videos / f"v{i}.mp4", VideoSpec(shot_list([70 + 5 * i, 60, 65])[i % 2 :], 320, 240)
+        )
+    clean, crashed = tmp_path / "clean", tmp_path / "crashed"
+    subprocess.run(_curate_cmd(videos, clean), check=True, capture_output=True)
+
+    proc = subprocess.Popen(
+        _curate_cmd(videos, crashed),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    markers = crashed / "_markers"
+    deadline = time.time() + 180
+    while time.time() < deadline and not (markers.exists() and any(markers.iterdir())):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, like a lost machine
+    proc.wait()
+    done_at_kill = len(list(markers.iterdir()))
+    assert 1 <= done_at_kill < 6, "the kill must land mid-run"
+
+    resumed = subprocess.run(_curate_cmd(videos, crashed), check=True, capture_output=True, text=True)
+    assert f"{done_at_kill} done already" in resumed.stdout
+    clean_keys = set(shard_samples(OutputLayout(str(clean))))
+    assert set(shard_samples(OutputLayout(str(crashed)))) == clean_keys
+    leftovers = [p for p in crashed.rglob("*") if ".tmp-" in p.name]
+    assert leftovers == []
+    layout = OutputLayout(str(crashed))
+    assert len(layout.read_manifest(layout.videos_manifest)) == 6
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "clips.nope=1"], "unknown config key 'clips.nope'"),
+        (["--config", "missing-preset"], "neither a YAML file nor a preset"),
+    ],
+)
+def test_cli_reports_config_errors(tmp_path, two_shot_video, args, message):
+    cmd = [REELMILL, "curate", "--input", str(two_shot_video), "--output", str(tmp_path / "o"), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 2 and message in proc.stderr
+
+
+def test_cli_reports_missing_input(tmp_path):
+    proc = subprocess.run(
+        [REELMILL, "curate", "--input", str(tmp_path / "none"), "--output", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "does not exist" in proc.stderr

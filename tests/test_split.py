@@ -1,0 +1,134 @@
+"""The split stage without Ray: cuts found to the frame, clips cut to the frame, bad inputs as rows."""
+
+import io
+
+import numpy as np
+import pytest
+
+from conftest import MULTI_SHOT, decode_frames
+from curation.clips import plan_clips
+from curation.curate_config import ClipConfig, CurateConfig, SceneConfig
+from curation.inputs import Task
+from curation.probe import probe
+from curation.scenes import detect_shots
+from curation.splitter import ClipSplitter
+
+
+@pytest.mark.parametrize("detector", ["adaptive", "content"])
+def test_every_boundary_is_found_within_one_frame(multi_shot_video, detector):
+    info = probe(str(multi_shot_video), 2.0)
+    scenes = detect_shots(str(multi_shot_video), info, SceneConfig(detector=detector))
+    assert scenes.decoded_frames == MULTI_SHOT.num_frames
+    assert len(scenes.cuts) == len(MULTI_SHOT.boundaries), scenes.cuts
+    for found, truth in zip(scenes.cuts, MULTI_SHOT.boundaries, strict=True):
+        assert abs(found - truth) <= 1, (scenes.cuts, MULTI_SHOT.boundaries)
+
+
+def test_short_shot_is_dropped_and_no_kept_clip_straddles_a_cut(multi_shot_video):
+    info = probe(str(multi_shot_video), 2.0)
+    scenes = detect_shots(str(multi_shot_video), info, SceneConfig())
+    spans = plan_clips(scenes.shots, info.fps, ClipConfig())
+    flash = [s for s in spans if s.start_frame <= 130 and s.end_frame >= 138]
+    assert len(flash) == 1 and not flash[0].kept and flash[0].drop_reason == "duration<2"
+    kept = [s for s in spans if s.kept]
+    assert kept
+    for span in kept:
+        for cut in MULTI_SHOT.boundaries:
+            assert span.end_frame <= cut or span.start_frame >= cut, (span, cut)
+
+
+def test_long_shots_split_into_even_windows_and_ends_are_trimmed():
+    spans = plan_clips(
+        [(0, 300), (300, 340)], fps=25.0, cfg=ClipConfig(min_clip_s=1.0, max_clip_s=5.0, trim_s=0.12)
+    )
+    windows = [s for s in spans if s.shot_index == 0]
+    assert [(s.start_frame, s.end_frame) for s in windows] == [(3, 101), (101, 199), (199, 297)]
+    assert all(s.kept for s in windows)
+    tail = [s for s in spans if s.shot_index == 1]
+    assert [(s.start_frame, s.end_frame, s.kept) for s in tail] == [(303, 337, True)]
+
+
+@pytest.fixture(scope="module")
+def split_multi(multi_shot_video):
+    cfg = CurateConfig()
+    return ClipSplitter(cfg).run(Task(0, (str(multi_shot_video),)))
+
+
+def test_clips_are_cut_to_the_frame(multi_shot_video, split_multi):
+    source = decode_frames(multi_shot_video)
+    kept = [c for c in split_multi.clips if c.kept]
+    assert len(kept) == 4
+    for record in kept:
+        clip = decode_frames(_to_file(split_multi.media[record.clip_id]["mp4"]))
+        assert len(clip) == record.num_frames == record.source_end_frame - record.source_start_frame
+        errors = {}
+        for offset in (-1, 0, 1):
+            start = record.source_start_frame + offset
+            errors[offset] = float(np.mean((source[start : start + len(clip)] - clip) ** 2))
+        assert min(errors, key=errors.get) == 0, errors
+
+
+def _to_file(data: bytes) -> str:
+    """Clip bytes to a temporary file ffmpeg can read (removed with the session's temp dir)."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".mp4", delete=False, dir=tempfile.gettempdir()) as f:
+        f.write(data)
+    return f.name
+
+
+def test_records_and_thumbnails(split_multi):
+    from PIL import Image
+
+    for record in split_multi.clips:
+        assert record.source_end_s == pytest.approx(record.source_end_frame / 25.0)
+        if record.kept:
+            assert (record.width, record.height, record.codec, record.fps) == (320, 240, "h264", 25.0)
+            thumb = Image.open(io.BytesIO(split_multi.media[record.clip_id]["jpg"]))
+            assert thumb.size == (320, 240)
+    assert split_multi.videos[0]["num_shots"] == 5
+    assert split_multi.videos[0]["num_kept"] == 4
+
+
+def test_bad_inputs_do_not_take_good_ones_down(bad_inputs, two_shot_video):
+    uris = [str(p) for p, _ in bad_inputs.values()] + [str(two_shot_video)]
+    result = ClipSplitter(CurateConfig()).run(Task(3, tuple(uris)))
+    rows = {r["uri"]: r for r in result.videos}
+    assert len(rows) == len(uris)
+    for path, code in bad_inputs.values():
+        row = rows[str(path)]
+        assert row["status"] == "error" and row["error_code"] == code, row
+        assert row["error"].startswith(code)
+    assert rows[str(two_shot_video)]["status"] == "ok"
+    kept = [c for c in result.clips if c.kept]
+    assert len(kept) == 2 and all(c.source == str(two_shot_video) for c in kept)
+    assert set(result.media) == {c.clip_id for c in kept}
+
+
+def test_awkward_valid_inputs_yield_even_sized_clips(awkward_videos):
+    uris = tuple(str(p) for p in awkward_videos.values())
+    result = ClipSplitter(CurateConfig()).run(Task(0, uris))
+    assert all(v["status"] == "ok" for v in result.videos), [v.get("error") for v in result.videos]
+    for name, path in awkward_videos.items():
+        kept = [c for c in result.clips if c.source == str(path) and c.kept]
+        assert kept, name
+        for clip in kept:
+            assert clip.width % 2 == 0 and clip.height % 2 == 0
+            frames = decode_frames(_to_file(result.media[clip.clip_id]["mp4"]))
+            assert len(frames) == clip.num_frames
+    rotated = [c for c in result.clips if c.source == str(awkward_videos["rotated"]) and c.kept]
+    assert (rotated[0].width, rotated[0].height) == (240, 320)
+    odd = [c for c in result.clips if c.source == str(awkward_videos["odd"]) and c.kept]
+    assert (odd[0].width, odd[0].height) == (320, 240)
+
+
+def test_downscale_and_resample_options(two_shot_video):
+    cfg = CurateConfig()
+    cfg.transcode.max_short_side = 120
+    cfg.transcode.fps = 12.5
+    result = ClipSplitter(cfg).run(Task(0, (str(two_shot_video),)))
+    kept = [c for c in result.clips if c.kept]
+    assert kept
+    for clip in kept:
+        assert (clip.width, clip.height, clip.fps) == (160, 120, 12.5)
+        assert clip.num_frames == pytest.approx((clip.source_end_frame - clip.source_start_frame) / 2, abs=1)
