@@ -70,12 +70,12 @@ class VideoSpec:
         return sum(s.frames for s in self.shots)
 
 
-def shot_list(durations_frames: list[int]) -> list[Shot]:
+def shot_list(durations_frames: list[int], cycle: tuple[str, ...] = MOVING_CYCLE) -> list[Shot]:
     """Shots of the given lengths, cycling through moving sources with varied hues."""
     shots = []
     for i, frames in enumerate(durations_frames):
-        source = MOVING_CYCLE[i % len(MOVING_CYCLE)]
-        hue = (i // len(MOVING_CYCLE)) * 67.0 % 360
+        source = cycle[i % len(cycle)]
+        hue = (i // len(cycle)) * 67.0 % 360
         shots.append(Shot(source, frames, hue))
     return shots
 
@@ -104,6 +104,16 @@ def with_rotation(source: str | Path, path: str | Path, degrees: int) -> Path:
     """A stream copy of `source` whose display matrix says to rotate it by `degrees` (as phones write)."""
     path = Path(path)
     stream = ffmpeg.input(str(source)).output(str(path), c="copy", **{"metadata:s:v:0": f"rotate={degrees}"})
+    ffmpeg_tools.run_stream(stream, 120)
+    return path
+
+
+def with_audio(source: str | Path, path: str | Path, frequency: int = 440) -> Path:
+    """`source` with a sine-tone audio track of the same length added (video stream copied)."""
+    path = Path(path)
+    video = ffmpeg.input(str(source))
+    tone = ffmpeg.input(f"sine=frequency={frequency}", f="lavfi")
+    stream = ffmpeg.output(video.video, tone.audio, str(path), vcodec="copy", acodec="aac", shortest=None)
     ffmpeg_tools.run_stream(stream, 120)
     return path
 

@@ -133,7 +133,9 @@ def run_curate(
     )
 
     fresh: list[dict] = []
+    ray_started = time.perf_counter()
     with ray_session(num_cpus) as ray_info:
+        ray_start_s = time.perf_counter() - ray_started
         if pending:
             ds = ray.data.from_items(
                 [{"task": pickle.dumps(t)} for t in pending], override_num_blocks=len(pending)
@@ -164,6 +166,7 @@ def run_curate(
         "counts": counts,
         "timings": {
             "wall_s": wall,
+            "ray_start_s": ray_start_s,
             "split_and_write_task_s": sum(s["processing_s"] for s in fresh),
         },
         "throughput": {

@@ -132,3 +132,20 @@ def test_downscale_and_resample_options(two_shot_video):
     for clip in kept:
         assert (clip.width, clip.height, clip.fps) == (160, 120, 12.5)
         assert clip.num_frames == pytest.approx((clip.source_end_frame - clip.source_start_frame) / 2, abs=1)
+
+
+def test_audio_is_dropped_by_default_and_kept_on_request(two_shot_video, tmp_path):
+    from curation import ffmpeg_tools, synthetic
+
+    source = synthetic.with_audio(two_shot_video, tmp_path / "with_audio.mp4")
+    assert probe(str(source), 2.0).has_audio
+    for keep in (False, True):
+        cfg = CurateConfig()
+        cfg.transcode.keep_audio = keep
+        result = ClipSplitter(cfg).run(Task(0, (str(source),)))
+        clip = next(c for c in result.clips if c.kept)
+        meta = ffmpeg_tools.probe_json(_to_file(result.media[clip.clip_id]["mp4"]), 30)
+        audio = [s for s in meta["streams"] if s["codec_type"] == "audio"]
+        assert len(audio) == int(keep)
+        if keep:
+            assert float(audio[0]["duration"]) == pytest.approx(clip.duration_s, abs=0.05)
