@@ -34,14 +34,16 @@ def clip_id(source: str, start_frame: int, end_frame: int) -> str:
     return f"{digest}-{start_frame:07d}-{end_frame:07d}"
 
 
-def plan_clips(shots: list[tuple[int, int]], fps: float, cfg: ClipConfig) -> list[ClipSpan]:
+def plan_clips(
+    shots: list[tuple[int, int]], fps: float, cfg: ClipConfig, first_shot_index: int = 0
+) -> list[ClipSpan]:
     """Apply trim, min and max length to every shot; returns kept and dropped candidates in order."""
     trim = int(round(cfg.trim_s * fps))
     min_frames = cfg.min_clip_s * fps - 1e-6
     max_frames = cfg.max_clip_s * fps + 1e-6
     too_short = f"duration<{cfg.min_clip_s:g}"
     spans: list[ClipSpan] = []
-    for index, (shot_start, shot_end) in enumerate(shots):
+    for index, (shot_start, shot_end) in enumerate(shots, start=first_shot_index):
         start, end = shot_start + trim, shot_end - trim
         length = end - start
         if length < min_frames:

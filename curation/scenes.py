@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import ffmpeg
@@ -66,13 +67,44 @@ def _decode_argv(path: str, info: VideoInfo, size: tuple[int, int], fast: bool) 
     return ffmpeg_tools.compile_stream(ffmpeg.output(stream, "pipe:", **out_opts))
 
 
-def detect_shots(path: str, info: VideoInfo, cfg: SceneConfig) -> SceneResult:
-    """Decode `path` once at low resolution and return its shots; InputRejected if it won't decode."""
+class _ShotStream:
+    """Turns the detector's cuts, as they arrive, into finished shots handed to `on_shot`.
+
+    A shot is final once the cut after it is reported, so its clips can be encoded while
+    detection goes on through the rest of the video.
+    """
+
+    def __init__(self, on_shot: Callable[[int, int], None] | None):
+        self.on_shot = on_shot
+        self.bounds = [0]
+
+    def cut(self, frame: int) -> None:
+        if frame > self.bounds[-1]:
+            if self.on_shot:
+                self.on_shot(self.bounds[-1], frame)
+            self.bounds.append(frame)
+
+    def end(self, frame: int) -> list[tuple[int, int]]:
+        self.bounds = [b for b in self.bounds if b < frame]
+        if self.on_shot:
+            self.on_shot(self.bounds[-1], frame)
+        return list(zip(self.bounds, [*self.bounds[1:], frame], strict=True))
+
+
+def detect_shots(
+    path: str, info: VideoInfo, cfg: SceneConfig, on_shot: Callable[[int, int], None] | None = None
+) -> SceneResult:
+    """Decode `path` once at low resolution and return its shots; InputRejected if it won't decode.
+
+    `on_shot(start, end)` is called for every shot as soon as it is final, in order. For a video
+    rejected at the end (truncated), shots already handed out must be discarded by the caller.
+    """
     size = detection_size(info, cfg.width)
     frame_bytes = size[0] * size[1] * 3
     detector = make_detector(cfg)
-    cuts: list[int] = []
+    shots = _ShotStream(on_shot)
     n = 0
+    timed_out = threading.Event()
     with tempfile.TemporaryFile() as stderr:
         proc = subprocess.Popen(
             _decode_argv(path, info, size, cfg.fast_decode),
@@ -81,18 +113,20 @@ def detect_shots(path: str, info: VideoInfo, cfg: SceneConfig) -> SceneResult:
             stderr=stderr,
             bufsize=frame_bytes * 4,
         )
-        watchdog = threading.Timer(cfg.timeout_s, proc.kill)
+        watchdog = threading.Timer(cfg.timeout_s, lambda: (timed_out.set(), proc.kill()))
         watchdog.start()
         try:
             buf = bytearray(frame_bytes)
             view = memoryview(buf)
             while proc.stdout.readinto(view) == frame_bytes:
                 frame = np.frombuffer(buf, np.uint8).reshape(size[1], size[0], 3)
-                cuts += [tc.frame_num for tc in detector.process_frame(FrameTimecode(n, info.fps), frame)]
+                for tc in detector.process_frame(FrameTimecode(n, info.fps), frame):
+                    shots.cut(tc.frame_num)
                 n += 1
             if n:
-                cuts += [tc.frame_num for tc in detector.post_process(FrameTimecode(n - 1, info.fps))]
-            returncode = proc.wait()
+                for tc in detector.post_process(FrameTimecode(n - 1, info.fps)):
+                    shots.cut(tc.frame_num)
+            proc.wait()
         finally:
             watchdog.cancel()
             if proc.poll() is None:
@@ -102,11 +136,10 @@ def detect_shots(path: str, info: VideoInfo, cfg: SceneConfig) -> SceneResult:
         stderr.seek(0)
         err_text = stderr.read().decode(errors="replace").strip()
     last_line = err_text.splitlines()[-1] if err_text else ""
-    if returncode == -9 and not watchdog.is_alive() and n < info.num_frames:
+    if timed_out.is_set():
         raise InputRejected("undecodable", f"scene detection timed out after {cfg.timeout_s:g}s")
     if n == 0:
         raise InputRejected("undecodable", last_line or "no frame could be decoded")
     if n < cfg.min_decoded_fraction * info.num_frames:
         raise InputRejected("truncated", f"decoded {n} of {info.num_frames} frames; {last_line}".rstrip("; "))
-    bounds = [0, *sorted({c for c in cuts if 0 < c < n}), n]
-    return SceneResult(shots=list(zip(bounds[:-1], bounds[1:], strict=True)), decoded_frames=n)
+    return SceneResult(shots=shots.end(n), decoded_frames=n)

@@ -21,7 +21,7 @@ from curation.inputs import Task
 from curation.probe import VideoInfo, probe
 from curation.record import ClipRecord
 from curation.scenes import detect_shots
-from curation.transcode import EncodedClip, group_spans, transcode_group
+from curation.transcode import EncodedClip, transcode_group
 
 
 @dataclass
@@ -97,19 +97,40 @@ class ClipSplitter:
     def _start_video(
         self, path: str, uri: str, row: dict, pool: ThreadPoolExecutor, task_id: int
     ) -> _PendingVideo:
+        """Probe, then detect shots; clips are submitted for encoding as soon as their shot is final."""
         cfg = self.cfg
         info = probe(path, cfg.probe.min_duration_s, cfg.probe.timeout_s)
         row |= info.as_row()
-        scenes = detect_shots(path, info, cfg.scenes)
+        video = _PendingVideo(row, info, {}, [], 0.0)
+        waiting: list[ClipSpan] = []
+        shots_seen = 0
+
+        def submit() -> None:
+            group = list(waiting)
+            waiting.clear()
+            video.jobs.append((group, pool.submit(transcode_group, path, info, group, cfg.transcode)))
+
+        def on_shot(start: int, end: int) -> None:
+            nonlocal shots_seen
+            for span in plan_clips([(start, end)], info.fps, cfg.clips, first_shot_index=shots_seen):
+                video.records[(span.start_frame, span.end_frame)] = _record(task_id, uri, info, span)
+                if span.kept:
+                    waiting.append(span)
+            shots_seen += 1
+            if len(waiting) >= cfg.transcode.clips_per_process:
+                submit()
+
+        try:
+            scenes = detect_shots(path, info, cfg.scenes, on_shot)
+        except InputRejected:
+            for _, future in video.jobs:  # the video is rejected after all: its clips are not wanted
+                future.cancel()
+            raise
+        if waiting:
+            submit()
         row["decoded_frames"] = scenes.decoded_frames
         row["num_shots"] = len(scenes.shots)
-        spans = plan_clips(scenes.shots, info.fps, cfg.clips)
-        records = {(s.start_frame, s.end_frame): _record(task_id, uri, info, s) for s in spans}
-        jobs = [
-            (group, pool.submit(transcode_group, path, info, group, cfg.transcode))
-            for group in group_spans(spans, cfg.transcode.clips_per_process)
-        ]
-        return _PendingVideo(row, info, records, jobs, 0.0)
+        return video
 
     def _finish_video(self, video: _PendingVideo, result: TaskResult) -> None:
         for group, future in video.jobs:

@@ -59,12 +59,6 @@ def thumbnail_size(size: tuple[int, int], short_side: int) -> tuple[int, int]:
     return even(w * scale), even(h * scale)
 
 
-def group_spans(spans: list[ClipSpan], per_process: int) -> list[list[ClipSpan]]:
-    """Consecutive groups of kept clips, one ffmpeg process each."""
-    kept = [s for s in spans if s.kept]
-    return [kept[i : i + per_process] for i in range(0, len(kept), per_process)]
-
-
 def transcode_group(
     path: str, info: VideoInfo, spans: list[ClipSpan], cfg: TranscodeConfig
 ) -> list[EncodedClip]:
