@@ -95,8 +95,10 @@ class TranscodeConfig:
     crf: int = 22
     preset: str = "veryfast"
     keep_audio: bool = False
-    clips_per_process: int = 8
-    """Clips cut by one ffmpeg process: the source is decoded once for all of them."""
+    clips_per_process: int = 32
+    """Most clips cut by one ffmpeg process: the source is decoded (and encoded) once for all of them."""
+    seconds_per_process: float = 60.0
+    """A group is also started once this much clip time is waiting, so encoding overlaps detection."""
     workers: int = 2
     """ffmpeg processes running at once within a task."""
     threads: int = 0
@@ -110,6 +112,7 @@ class TranscodeConfig:
         check(0 <= self.crf <= 51, "transcode.crf", "must be in 0..51")
         check(self.preset in X264_PRESETS, "transcode.preset", f"must be one of {', '.join(X264_PRESETS)}")
         check(self.clips_per_process >= 1, "transcode.clips_per_process", "must be >= 1")
+        check(self.seconds_per_process > 0, "transcode.seconds_per_process", "must be > 0")
         check(self.workers >= 1, "transcode.workers", "must be >= 1")
         check(self.threads >= 0, "transcode.threads", "must be >= 0")
 

@@ -1,14 +1,17 @@
 """Webdataset tar shards named `shard-TTTTTT-PPP.tar`, rolled over at a clip-count or byte limit.
 
 Each part is written under a temporary name and renamed when complete, so a crash never leaves a
-half-written shard under a real name.
+half-written shard under a real name. The tar layout is webdataset's (`KEY.EXT` members, a sample's
+members adjacent); it is written with the standard library's tarfile, which keeps torch (imported
+by the webdataset package) out of the CPU workers.
 """
 
 from __future__ import annotations
 
 import contextlib
-
-import webdataset as wds
+import io
+import tarfile
+import time
 
 from curation import storage
 
@@ -34,7 +37,7 @@ class TaskShardWriter:
         self.written: list[str] = []
         self._part = -1
         self._stack: contextlib.ExitStack | None = None
-        self._tar: wds.TarWriter | None = None
+        self._tar: tarfile.TarFile | None = None
         self._count = 0
         self._bytes = 0
 
@@ -44,7 +47,7 @@ class TaskShardWriter:
         name = shard_name(self.task_id, self._part, self.prefix)
         self._stack = contextlib.ExitStack()
         stream = self._stack.enter_context(storage.atomic_output(storage.join(self.directory, name)))
-        self._tar = wds.TarWriter(stream)
+        self._tar = tarfile.open(fileobj=stream, mode="w|", format=tarfile.USTAR_FORMAT)  # noqa: SIM115 (closed in close())
         self.written.append(name)
         self._count = self._bytes = 0
 
@@ -56,18 +59,22 @@ class TaskShardWriter:
         return self.written[-1]
 
     def write(self, key: str, members: dict[str, bytes]) -> str:
-        """Add one sample (`{"mp4": ..., "json": ...}`) to the part `place` chose; returns its file name."""
+        """Add one sample (`{"mp4": bytes, "json": bytes}`) to the part `place` chose; returns its file name."""
         size = sum(len(v) for v in members.values())
         if self._tar is None:
             self.place(size)
-        self._tar.write({"__key__": key, **members})
+        mtime = time.time()
+        for ext, data in members.items():
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mtime, info.mode = len(data), mtime, 0o444
+            self._tar.addfile(info, io.BytesIO(data))
         self._count += 1
         self._bytes += size
         return self.written[-1]
 
     def close(self) -> None:
         if self._tar is not None:
-            self._tar.close()  # closes the stream too; the ExitStack then renames it into place
+            self._tar.close()  # writes the end-of-archive blocks; the stream stays open
             self._stack.close()
             self._tar = None
 

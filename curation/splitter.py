@@ -117,7 +117,11 @@ class ClipSplitter:
                 if span.kept:
                     waiting.append(span)
             shots_seen += 1
-            if len(waiting) >= cfg.transcode.clips_per_process:
+            waiting_s = sum(s.num_frames for s in waiting) / info.fps
+            if (
+                len(waiting) >= cfg.transcode.clips_per_process
+                or waiting_s >= cfg.transcode.seconds_per_process
+            ):
                 submit()
 
         try:

@@ -59,59 +59,118 @@ def thumbnail_size(size: tuple[int, int], short_side: int) -> tuple[int, int]:
     return even(w * scale), even(h * scale)
 
 
+def _clip_name(k: int) -> str:
+    return f"c_{k:05d}.mp4"
+
+
+def _thumb_name(k: int) -> str:
+    return f"t_{k:05d}.jpg"
+
+
+def _concatenated_outputs(video, audio, spans, first, seek, info, cfg, size, thumb, tmp) -> list:
+    """One encoder for the whole group: the kept frames are selected and laid end to end, a keyframe
+    is forced at every clip's first frame, and the segment muxer splits the stream there. x264 then
+    runs in its efficient steady state instead of starting (and flushing) once per clip."""
+    starts, total = [], 0
+    for span in spans:
+        starts.append(total)
+        total += span.num_frames
+    keep = "+".join(f"between(n,{s.start_frame - first},{s.end_frame - first - 1})" for s in spans)
+    video = video.filter("select", keep).filter("setpts", f"N/({info.fps_rational})/TB")
+    split = video.filter_multi_output("split", 2)
+    encode, stills = split[0], split[1]
+    encode = encode.filter("scale", size[0], size[1]).filter("setsar", 1)
+    streams = [encode]
+    options = {
+        "vcodec": "libx264", "preset": cfg.preset, "crf": cfg.crf, "pix_fmt": "yuv420p", "threads": cfg.threads,
+        "force_key_frames": "expr:" + "+".join(f"eq(n,{s})" for s in starts),
+        "format": "segment", "segment_format": "mp4", "segment_format_options": "movflags=+faststart",
+        "reset_timestamps": 1,
+    }  # fmt: skip
+    if len(starts) > 1:
+        options["segment_frames"] = ",".join(map(str, starts[1:]))
+    if audio is not None:
+        spans_s = "+".join(
+            f"between(t,{(s.start_frame - SEEK_MARGIN_FRAMES) / info.fps - seek:.6f},"
+            f"{(s.end_frame - SEEK_MARGIN_FRAMES) / info.fps - seek:.6f})"
+            for s in spans
+        )
+        streams.append(audio.filter("aselect", spans_s).filter("asetpts", "N/SR/TB"))
+        options["acodec"] = "aac"
+    else:
+        options["an"] = None
+    middles = "+".join(
+        f"eq(n,{start + span.num_frames // 2})" for start, span in zip(starts, spans, strict=True)
+    )
+    stills = stills.filter("select", middles).filter("scale", *thumb)
+    return [
+        ffmpeg.output(*streams, os.path.join(tmp, "c_%05d.mp4"), **options),
+        ffmpeg.output(
+            stills, os.path.join(tmp, "t_%05d.jpg"), start_number=0, fps_mode="passthrough", **{"q:v": 3}
+        ),
+    ]
+
+
+def _per_clip_outputs(video, audio, spans, first, seek, info, cfg, size, thumb, tmp) -> list:
+    """One trimmed branch and encoder per clip: needed when resampling the frame rate, where clip
+    boundaries must not be blurred by the fps filter working across them."""
+    branches = video.filter_multi_output("split", 2 * len(spans))
+    audio_branches = audio.filter_multi_output("asplit", len(spans)) if audio is not None else None
+    encoder = {"vcodec": "libx264", "preset": cfg.preset, "crf": cfg.crf, "pix_fmt": "yuv420p"}
+    encoder |= {"movflags": "+faststart", "threads": cfg.threads}
+    outputs = []
+    for k, span in enumerate(spans):
+        a, b = span.start_frame - first, span.end_frame - first
+        clip = branches[2 * k].trim(start_frame=a, end_frame=b).setpts("PTS-STARTPTS")
+        # the fps filter pads with repeats up to the end of the *source*; cap it to the span
+        clip = clip.filter("fps", cfg.fps).trim(duration=span.num_frames / info.fps)
+        streams = [clip.filter("scale", size[0], size[1]).filter("setsar", 1)]
+        options = dict(encoder)
+        if audio_branches is not None:
+            t0, t1 = span.start_frame / info.fps - seek, span.end_frame / info.fps - seek
+            streams.append(
+                audio_branches[k].filter("atrim", start=t0, end=t1).filter("asetpts", "PTS-STARTPTS")
+            )
+            options["acodec"] = "aac"
+        else:
+            options["an"] = None
+        outputs.append(ffmpeg.output(*streams, os.path.join(tmp, _clip_name(k)), **options))
+        mid = a + span.num_frames // 2
+        still = branches[2 * k + 1].trim(start_frame=mid, end_frame=mid + 1).filter("scale", *thumb)
+        outputs.append(ffmpeg.output(still, os.path.join(tmp, _thumb_name(k)), vframes=1, **{"q:v": 3}))
+    return outputs
+
+
 def transcode_group(
     path: str, info: VideoInfo, spans: list[ClipSpan], cfg: TranscodeConfig
 ) -> list[EncodedClip]:
-    """Encode every span in `spans` (kept clips of one source, in order) in one ffmpeg run."""
+    """Encode `spans` (kept clips of one source, in order) in one ffmpeg run that decodes the
+    source once, from a seek to the group's first frame."""
     first = spans[0].start_frame
-    seek = max(0.0, (first - SEEK_MARGIN_FRAMES) / info.fps)
+    seek = max(0.0, (first - SEEK_MARGIN_FRAMES) / info.fps) if first else 0.0
     source = ffmpeg.input(path, ss=f"{seek:.6f}") if first else ffmpeg.input(path)
     video = source.video
-    if info.variable_frame_rate:
+    if info.variable_frame_rate:  # the constant-rate timeline the shots were detected on
         video = video.filter("fps", info.fps_rational)
-    branches = video.filter_multi_output("split", 2 * len(spans))
-    audio = None
-    if cfg.keep_audio and info.has_audio:
-        audio = source.audio.filter_multi_output("asplit", len(spans))
+    audio = source.audio if cfg.keep_audio and info.has_audio else None
     size = output_size(info, cfg.max_short_side)
     thumb = thumbnail_size(size, cfg.thumbnail_short_side)
-    out_fps = cfg.fps or info.fps
-    encoder = {"vcodec": "libx264", "preset": cfg.preset, "crf": cfg.crf, "pix_fmt": "yuv420p"}
-    encoder |= {"movflags": "+faststart", "threads": cfg.threads}
-
+    build = _per_clip_outputs if cfg.fps else _concatenated_outputs
     with tempfile.TemporaryDirectory(prefix="reelmill-cut-") as tmp:
-        outputs = []
-        for k, span in enumerate(spans):
-            a, b = span.start_frame - first, span.end_frame - first
-            clip = branches[2 * k].trim(start_frame=a, end_frame=b).setpts("PTS-STARTPTS")
-            if cfg.fps:
-                # the fps filter pads with repeats up to the end of the *source*; cap it to the span
-                clip = clip.filter("fps", cfg.fps).trim(duration=span.num_frames / info.fps)
-            clip = clip.filter("scale", size[0], size[1]).filter("setsar", 1)
-            streams = [clip]
-            options = dict(encoder)
-            if audio is not None:
-                t0, t1 = span.start_frame / info.fps, span.end_frame / info.fps
-                streams.append(
-                    audio[k].filter("atrim", start=t0 - seek, end=t1 - seek).filter("asetpts", "PTS-STARTPTS")
-                )
-                options["acodec"] = "aac"
-            else:
-                options["an"] = None
-            outputs.append(ffmpeg.output(*streams, os.path.join(tmp, f"{k}.mp4"), **options))
-            mid = a + span.num_frames // 2
-            still = branches[2 * k + 1].trim(start_frame=mid, end_frame=mid + 1).filter("scale", *thumb)
-            outputs.append(ffmpeg.output(still, os.path.join(tmp, f"{k}.jpg"), vframes=1, **{"q:v": 3}))
+        outputs = build(video, audio, spans, first, seek, info, cfg, size, thumb, tmp)
         ffmpeg_tools.run_stream(ffmpeg.merge_outputs(*outputs), cfg.timeout_s)
+        written = sorted(n for n in os.listdir(tmp) if n.endswith(".mp4"))
+        if len(written) != len(spans):
+            raise ffmpeg_tools.FFmpegError(f"expected {len(spans)} clips from ffmpeg, got {len(written)}")
         results = []
         for k, span in enumerate(spans):
-            mp4_path = os.path.join(tmp, f"{k}.mp4")
-            frames = _frame_count(mp4_path)
+            mp4_path = os.path.join(tmp, _clip_name(k))
             with open(mp4_path, "rb") as f:
                 mp4 = f.read()
-            with open(os.path.join(tmp, f"{k}.jpg"), "rb") as f:
+            with open(os.path.join(tmp, _thumb_name(k)), "rb") as f:
                 jpg = f.read()
-            results.append(EncodedClip(span, mp4, jpg, size[0], size[1], float(out_fps), frames))
+            fps = float(cfg.fps or info.fps)
+            results.append(EncodedClip(span, mp4, jpg, size[0], size[1], fps, _frame_count(mp4_path)))
         return results
 
 
