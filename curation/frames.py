@@ -36,7 +36,7 @@ class Box:
     w: int
     h: int
 
-    def as_dict(self, prefix: str = "content_") -> dict[str, float]:
+    def as_dict(self, prefix: str = "content_") -> dict[str, int]:
         return {f"{prefix}x": self.x, f"{prefix}y": self.y, f"{prefix}w": self.w, f"{prefix}h": self.h}
 
 
@@ -52,7 +52,7 @@ class ContentBox:
 class SampledFrames:
     """A clip's sampled frames. Samples `i` and `i + 1` are one step apart unless `pairs` says not."""
 
-    rgb: np.ndarray  # [N, H, W, 3] uint8, min(H, W) == the sampler's short side
+    rgb: np.ndarray  # [N, H, W, 3] uint8, short side the sampler's `short_side` (rounded to even)
     timestamps: np.ndarray  # [N] float64, seconds from the clip start
     step_s: float  # the sampling interval, 1 / fps
     source_size: tuple[int, int]  # (width, height) of the clip as decoded (after rotation)
@@ -105,16 +105,15 @@ def sample_size(source_size: tuple[int, int], short_side: int) -> tuple[int, int
     return max(2, round(w * scale / 2) * 2), max(2, round(h * scale / 2) * 2)
 
 
-def sample_indices(expected: int, max_frames: int) -> tuple[int, int]:
-    """(stride, pairs): keep samples `k` with `k % stride < 2`, i.e. evenly spread consecutive pairs.
+def sample_stride(expected: int, max_frames: int) -> int:
+    """Keep samples `k` with `k % stride < 2`: evenly spread pairs of consecutive samples.
 
-    A stride of 1 keeps everything. Pairs, not single frames, survive the thinning so that motion is
-    always measured over one sampling step, however long the clip.
+    1 keeps everything. Pairs, not single frames, survive the thinning of long clips so that
+    motion is always measured over one sampling step.
     """
     if expected <= max_frames:
-        return 1, expected
-    stride = max(3, math.ceil(expected / (max_frames // 2)))
-    return stride, math.ceil(expected / stride)
+        return 1
+    return max(3, math.ceil(expected / (max_frames // 2)))
 
 
 def _edges(level: np.ndarray, spread: np.ndarray, dark: float, flat: float) -> tuple[float, float] | None:
@@ -156,12 +155,12 @@ def find_content_box(
     rows = _edges(g.mean(axis=2).max(axis=0), g.std(axis=2).max(axis=0), dark, flat)
     if rows is None:
         return None
-    y0, y1 = math.ceil(rows[0] - 0.25), math.floor(rows[1] + 0.25)
+    y0, y1 = math.ceil(rows[0] - 0.1), math.floor(rows[1] + 0.1)
     inner = g[:, y0:y1]
     cols = _edges(inner.mean(axis=1).max(axis=0), inner.std(axis=1).max(axis=0), dark, flat)
     if cols is None:
         return None
-    x0, x1 = math.ceil(cols[0] - 0.25), math.floor(cols[1] + 0.25)
+    x0, x1 = math.ceil(cols[0] - 0.1), math.floor(cols[1] + 0.1)
     if (x0, y0, x1, y1) == (0, 0, w, h):
         return None
     sx, sy = source_size[0] / w, source_size[1] / h
@@ -175,7 +174,7 @@ def find_content_box(
 def _decode(path: str, size: tuple[int, int], stride: int, cfg: FrameSamplerConfig) -> np.ndarray:
     video = ffmpeg.input(path).video.filter("fps", fps=cfg.fps)
     if stride > 1:
-        video = video.filter("select", f"lt(mod(n\\,{stride})\\,2)")
+        video = video.filter("select", f"lt(mod(n,{stride}),2)")  # ffmpeg-python escapes the commas
     # Area averaging: no aliasing when downscaling, and bar edges stay linear in coverage.
     video = video.filter("scale", size[0], size[1], flags="area").filter("setsar", 1)
     out = ffmpeg.output(video, "pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough", an=None)
@@ -211,12 +210,11 @@ def sample_frames(
             source_size = (info.width, info.height) if source_size is None else source_size
         size = sample_size(source_size, cfg.short_side)
         expected = max(1, math.ceil(duration_s * cfg.fps - 1e-6))
-        stride, _ = sample_indices(expected, cfg.max_frames)
+        stride = sample_stride(expected, cfg.max_frames)
         try:
             rgb = _decode(path, size, stride, cfg)
         except ffmpeg_tools.FFmpegError as err:
-            code = "undecodable"
-            raise InputRejected(code, f"frame sampling: {err.detail}") from None
+            raise InputRejected("undecodable", f"frame sampling: {err.detail}") from None
     if len(rgb) == 0:
         raise InputRejected("undecodable", "frame sampling: no frame decoded")
     rgb = rgb[: cfg.max_frames]

@@ -149,19 +149,25 @@ class FilterRule:
 
 
 def default_rules() -> list[FilterRule]:
-    """The default rules, most telling first: a black clip is `brightness<..`, not `motion<..`.
+    """The default rules, most telling reason first: a black clip is `brightness<..`, not `motion<..`.
 
-    Thresholds were set on synthetic clips (tests/test_scoring.py) and the usual ranges of each
-    measure; run `filters.mode=score-only` on a sample of your data to tune them.
+    Set on synthetic clips (numbers in tests/test_scoring.py) and the usual ranges of each measure;
+    run with `filters.mode=score-only` on a sample of your own data to tune them.
     """
     return [
-        FilterRule("brightness", min=0.06),  # mean luma of a near-black shot (fades, lens cap)
-        FilterRule("brightness", max=0.95),  # blown out or a white slate
-        FilterRule("frozen_fraction", max=0.5),  # mostly repeated frames: a freeze frame or stills
-        FilterRule("motion", min=0.0012),  # still shots and slideshows (x264 still: ~0.0002)
-        FilterRule("motion", max=0.08),  # chaotic or flashing footage (8 % of the diagonal per step)
-        FilterRule("sharpness", min=30.0),  # defocused or heavily blurred (gblur sigma >= ~2)
-        FilterRule("aesthetic", min=4.5),  # LAION predictor, 0-10 scale
+        FilterRule("brightness", min=0.08),  # mean luma under ~20/255: black, fades, lens cap
+        FilterRule("brightness", max=0.95),  # over ~242/255: blown out, a white slate
+        # Still shots and slideshows: a still x264 shot with sensor noise scores ~0.0006, a title
+        # scrolling across 320 px in 80 s ~0.003.
+        FilterRule("motion", min=0.0012),
+        # Whip pans, heavy shake, chaos: a tenth of the frame diagonal every 0.5 s, i.e. crossing
+        # a 16:9 frame in under ~4.5 s.
+        FilterRule("motion", max=0.1),
+        FilterRule("frozen_fraction", max=0.5),  # mostly repeated frames: freeze frames, stills
+        # Laplacian variance at 256 px: a sharp test pattern ~220, blurred by sigma 1 px ~40,
+        # 2 px ~10; a flat colour 0.
+        FilterRule("sharpness", min=20.0),
+        FilterRule("aesthetic", min=4.5),  # LAION predictor, 0-10 (LAION-Aesthetics cut at 4.5, 5, 6)
     ]
 
 

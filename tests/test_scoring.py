@@ -19,8 +19,9 @@ from curation import ffmpeg_tools
 from curation.config import ConfigError, from_dict
 from curation.errors import InputRejected
 from curation.filters import ClipFilter, FilterStats, check_rule, decide
-from curation.frames import SampledFrames, sample_frames, sample_indices, sample_size
+from curation.frames import SampledFrames, sample_frames, sample_size, sample_stride
 from curation.scoring import MotionScorer, QualityScorer, null_scores
+from curation.scoring.tiny_models import TINY_CLIP, build_tiny_aesthetic_models
 from curation.scoring_config import (
     SCORE_NAMES,
     AestheticConfig,
@@ -113,8 +114,8 @@ def test_sampler_keeps_even_pairs_of_long_clips(videos):
     assert len(f.pairs()) == f.num_frames // 2  # only samples one step apart form pairs
     for a, b in f.pairs():
         assert f.timestamps[b] - f.timestamps[a] == pytest.approx(0.25)
-    assert sample_indices(16, 64) == (1, 16)
-    assert sample_indices(100, 10) == (20, 5)
+    assert sample_stride(16, 64) == 1
+    assert sample_stride(100, 10) == 20  # 5 pairs
 
 
 def test_sample_size_keeps_aspect_with_even_sides():
@@ -291,12 +292,17 @@ def test_filter_stats_merge():
 def test_configs_load_from_dicts():
     cfg = from_dict(
         FilterConfig,
-        {"mode": "score-only", "rules": [{"score": "motion", "min": 0.001}, {"score": "sharpness", "min": 5}]},
+        {
+            "mode": "score-only",
+            "rules": [{"score": "motion", "min": 0.001}, {"score": "sharpness", "min": 5}],
+        },
         prefix="filters.",
     )
     assert cfg.mode == "score-only"
     assert cfg.rules == [FilterRule("motion", min=0.001), FilterRule("sharpness", min=5.0)]
-    scoring = from_dict(ScoringConfig, {"frames": {"fps": 4}, "aesthetic": {"reduce": "min"}}, prefix="scoring.")
+    scoring = from_dict(
+        ScoringConfig, {"frames": {"fps": 4}, "aesthetic": {"reduce": "min"}}, prefix="scoring."
+    )
     assert scoring.frames.fps == 4.0 and scoring.aesthetic.reduce == "min"
     assert [r.score for r in FilterConfig().rules] == [
         "brightness", "brightness", "motion", "motion", "frozen_fraction", "sharpness", "aesthetic",
@@ -324,51 +330,18 @@ def test_bad_config_names_its_key(cls, data, key):
 
 # --- aesthetics ------------------------------------------------------------------------------
 
-TINY_CLIP = {
-    "embed_dim": 768,  # what the LAION head takes
-    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 1000, "width": 32, "heads": 2, "layers": 1},
-}
-TINY_NAME = "reelmill-test-tiny-vit"
-
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory) -> dict[str, str]:
     """A random tiny open_clip ViT (custom config) and a random LAION-shaped head, saved as files."""
-    torch = pytest.importorskip("torch")
-    open_clip = pytest.importorskip("open_clip")
-    from curation.scoring.aesthetic import AestheticHead
-
-    d = tmp_path_factory.mktemp("tiny-models")
-    config = d / f"{TINY_NAME}.json"
-    config.write_text(json.dumps(TINY_CLIP))
-    open_clip.add_model_config(config)
-    torch.manual_seed(0)
-    model = open_clip.create_model(TINY_NAME)
-    checkpoint = d / "tiny_clip.pt"
-    torch.save(model.state_dict(), checkpoint)
-    head = AestheticHead(768)
-    with torch.no_grad():
-        head.layers[0].weight.mul_(300)  # spread the random scores over ~1 point, not 0.001
-        head.layers[7].bias.fill_(5.0)  # centre them on the 0-10 scale
-    head_path = d / "head.pth"
-    torch.save(head.state_dict(), head_path)
-    return {"config": str(config), "checkpoint": str(checkpoint), "head": str(head_path), "dir": str(d)}
+    return build_tiny_aesthetic_models(tmp_path_factory.mktemp("tiny-models"))
 
 
 def tiny_config(models: dict[str, str], **overrides) -> AestheticConfig:
-    fields = {
-        "clip_model": TINY_NAME,
-        "clip_pretrained": models["checkpoint"],
-        "clip_model_config": models["config"],
-        "head_weights": models["head"],
-        "device": "cpu",
-    }
-    return AestheticConfig(**{**fields, **overrides})
+    return AestheticConfig(**{**models, "device": "cpu", **overrides})
 
 
 def test_aesthetic_head_state_dict_matches_laion_file_layout():
-    pytest.importorskip("torch")
     from curation.scoring.aesthetic import AestheticHead
 
     keys = list(AestheticHead(768).state_dict())
@@ -414,7 +387,7 @@ def test_aesthetic_loads_an_open_clip_local_dir(tiny_models, frames, tmp_path):
     from curation.scoring.aesthetic import AestheticScorer
 
     (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP}))
-    (tmp_path / "open_clip_pytorch_model.bin").write_bytes(Path(tiny_models["checkpoint"]).read_bytes())
+    (tmp_path / "open_clip_pytorch_model.bin").write_bytes(Path(tiny_models["clip_pretrained"]).read_bytes())
     cfg = tiny_config(tiny_models, clip_model=f"local-dir:{tmp_path}", clip_model_config=None)
     scores, _ = AestheticScorer(cfg).score(frames["testsrc2"])
     reference, _ = AestheticScorer(tiny_config(tiny_models)).score(frames["testsrc2"])

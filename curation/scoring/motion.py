@@ -5,11 +5,13 @@ sampling step apart (0.5 s at the default 2 fps), so the numbers mean the same t
 clip's resolution or frame rate:
 
 - `motion_px`: mean flow magnitude in pixels at the reference short side, per sampling step;
-- `motion`: the same divided by the frame diagonal (a share of the picture, resolution free);
+- `motion`: the same divided by the reference frame's diagonal (a share of the picture);
 - `moving_fraction`: share of pixels moving more than `moving_threshold_px`.
 
-`motion` grows with the speed of the content, is near zero on a still shot (encoder noise gives
-sub-pixel flow) and becomes large on chaotic or flashing footage, where flow finds random matches.
+Each is averaged over the sample pairs. `motion` grows with the speed of the content (including
+pans far beyond what Farneback follows alone, see `_flow_magnitude`), stays near zero on a still
+shot with encoder noise, and is high on chaotic footage (shake, whip pans, random change).
+Farneback ignores uniform brightness changes, so flicker alone does not raise it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from curation.scoring_config import MotionConfig
 
 MOTION_SCORES = ("motion", "motion_px", "moving_fraction")
 MIN_PHASE_RESPONSE = 0.05  # below this the phase correlation peak is noise, not a global shift
+PRESMOOTH_SIGMA = 1.0  # pixels at the reference size
 RESIDUAL_TIE = 0.5  # grey levels: warping residuals closer than this cannot tell two flows apart
 
 
@@ -33,7 +36,7 @@ def reference_size(size: tuple[int, int], short_side: int) -> tuple[int, int]:
 
 
 class MotionScorer:
-    """Scores a clip's samples for motion; holds no state but its config."""
+    """Scores a clip's samples for motion (state: its config and cached FFT windows)."""
 
     names = MOTION_SCORES
 
@@ -49,7 +52,7 @@ class MotionScorer:
         gray = frames.crop(frames.gray)
         size = reference_size((gray.shape[2], gray.shape[1]), self.cfg.short_side)
         used = sorted({i for pair in pairs for i in pair})
-        small = {i: cv2.resize(gray[i], size, interpolation=cv2.INTER_AREA) for i in used}
+        small = {i: self._prepare(gray[i], size) for i in used}
         diagonal = float(np.hypot(*size))
         mean_px, moving = [], []
         for a, b in pairs:
@@ -63,25 +66,38 @@ class MotionScorer:
             "moving_fraction": float(np.mean(moving)),
         }
 
+    @staticmethod
+    def _prepare(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """Scale to the reference size and smooth away codec noise and aliasing, which differ
+        between resolutions of the same clip (this is what keeps 360p and 720p within a few %)."""
+        small = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+        return cv2.GaussianBlur(small, (0, 0), PRESMOOTH_SIGMA)
+
     def _flow_magnitude(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """[H, W] flow magnitude in pixels from `a` to `b`.
 
         Farneback's pyramid stops at 32 px, so from a zero start it follows shifts of ~12 px at
         128 px and underestimates anything faster: a moderate pan at 0.5 s steps already moves
-        more. Phase correlation finds the dominant global shift (a pan) at any size; Farneback
-        started from it follows the pan, started from zero it follows the rest (objects on a
-        still background). Each pixel keeps the flow that explains it better.
+        more. Phase correlation finds the dominant global shift (a pan) at any speed, so each
+        pixel takes whichever of three flows explains it best: Farneback from zero (objects on a
+        still background), Farneback started from that shift (the pan plus local motion), or the
+        shift itself (textured regions Farneback lost).
         """
         zero = self._farneback(a, b, None)
+        zero_magnitude = np.hypot(zero[..., 0], zero[..., 1])
         shift, response = cv2.phaseCorrelate(a.astype(np.float64), b.astype(np.float64), self._window(a))
         if response < MIN_PHASE_RESPONSE or np.hypot(*shift) < 1.0:
-            return np.hypot(zero[..., 0], zero[..., 1])
-        init = np.empty((*a.shape, 2), np.float32)
-        init[...] = shift
-        panned = self._farneback(a, b, init)
-        # Ties go to the pan: a flat region (sky, a wall) fits any flow and moves with the camera.
-        better = _residual(a, b, panned) <= _residual(a, b, zero) + RESIDUAL_TIE
-        flow = np.where(better[..., None], panned, zero)
+            return zero_magnitude
+        pan = np.empty((*a.shape, 2), np.float32)
+        pan[...] = shift
+        refined = self._farneback(a, b, pan.copy())  # the flow argument is overwritten in place
+        candidates = np.stack([zero, refined, pan])  # [3, H, W, 2], in order of preference
+        residuals = np.stack([_residual(a, b, flow) for flow in candidates])  # [3, H, W]
+        # Each pixel takes the first candidate within a tie of the best, so a pixel that every flow
+        # explains (a flat region, which says nothing about motion) keeps Farneback's own answer.
+        close = residuals <= residuals.min(axis=0) + RESIDUAL_TIE
+        choice = np.argmax(close, axis=0)  # [H, W]
+        flow = np.take_along_axis(candidates, choice[None, ..., None], axis=0)[0]
         return np.hypot(flow[..., 0], flow[..., 1])
 
     def _farneback(self, a: np.ndarray, b: np.ndarray, init: np.ndarray | None) -> np.ndarray:
