@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from curation.config import check
+from curation.scoring_config import FilterConfig, ScoringConfig
 
 X264_PRESETS = (
     "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
@@ -123,6 +124,8 @@ class ShardConfig:
 
     max_clips: int = 1000
     max_bytes: int = 1_000_000_000
+    keep_dropped: bool = False
+    """Also write clips dropped by a score filter to OUT/dropped/ shards, for inspection."""
 
     def __post_init__(self):
         check(self.max_clips >= 1, "shards.max_clips", "must be >= 1")
@@ -136,10 +139,18 @@ class ResourcesConfig:
     split_cpus: float = 1.0
     """CPUs per split task (probe, scene detection, transcode)."""
     write_cpus: float = 0.25
+    score_cpus: float = 1.0
+    """CPUs per CPU-scoring task (motion, quality)."""
+    aesthetic_actors: int = 1
+    """Actors in the aesthetic scoring pool (each loads the model once; GPUs per actor are
+    `scoring.aesthetic.num_gpus`)."""
+    aesthetic_cpus: float = 1.0
 
     def __post_init__(self):
         check(self.split_cpus > 0, "resources.split_cpus", "must be > 0")
         check(self.write_cpus > 0, "resources.write_cpus", "must be > 0")
+        check(self.score_cpus > 0, "resources.score_cpus", "must be > 0")
+        check(self.aesthetic_actors >= 1, "resources.aesthetic_actors", "must be >= 1")
 
 
 @dataclass
@@ -151,5 +162,12 @@ class CurateConfig:
     scenes: SceneConfig = field(default_factory=SceneConfig)
     clips: ClipConfig = field(default_factory=ClipConfig)
     transcode: TranscodeConfig = field(default_factory=TranscodeConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    filters: FilterConfig = field(default_factory=FilterConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+
+    @property
+    def scores_anything(self) -> bool:
+        s = self.scoring
+        return s.motion.enabled or s.quality.enabled or s.aesthetic.enabled

@@ -28,6 +28,16 @@ def check_rule(rule: FilterRule, value: float | None) -> str | None:
     return None
 
 
+def rule_reasons(rule: FilterRule) -> list[str]:
+    """Every drop reason `rule` can give, as `check_rule` spells them."""
+    out = []
+    if rule.min is not None:
+        out.append(f"{rule.score}<{rule.min:g}")
+    if rule.max is not None:
+        out.append(f"{rule.score}>{rule.max:g}")
+    return out
+
+
 def decide(scores: Mapping[str, float | None], cfg: FilterConfig) -> tuple[bool, str | None]:
     """(keep, reason): the first rule in `cfg.rules` that the scores fail, or (True, None)."""
     if cfg.mode == "score-only":

@@ -219,9 +219,16 @@ def sample_frames(
         raise InputRejected("undecodable", "frame sampling: no frame decoded")
     rgb = rgb[: cfg.max_frames]
     kept = [k for k in range(stride * (len(rgb) + 2)) if stride == 1 or k % stride < 2][: len(rgb)]
+    return frames_from_samples(rgb, kept, cfg, source_size, duration_s)
+
+
+def frames_from_samples(
+    rgb: np.ndarray, sample_numbers: Sequence[int], cfg: FrameSamplerConfig, source_size, duration_s: float
+) -> SampledFrames:
+    """Wrap decoded samples (sample k taken at k / fps seconds) and find bars in them."""
     frames = SampledFrames(
         rgb=rgb,
-        timestamps=np.asarray(kept, dtype=np.float64) / cfg.fps,
+        timestamps=np.asarray(sample_numbers, dtype=np.float64) / cfg.fps,
         step_s=1.0 / cfg.fps,
         source_size=(int(source_size[0]), int(source_size[1])),
         duration_s=float(duration_s),
@@ -229,3 +236,17 @@ def sample_frames(
     if cfg.detect_bars:
         frames.content = find_content_box(frames.gray, frames.source_size, cfg.bar_level) or frames.content
     return frames
+
+
+def sample_plan(num_frames: int, clip_fps: float, cfg: FrameSamplerConfig) -> tuple[list[int], list[int]]:
+    """Which samples a clip of `num_frames` frames gets, and the clip frame each one is.
+
+    The same samples `sample_frames` takes (k / fps seconds, long clips thinned to pairs), for a
+    decoder that picks frames by number, such as the transcoder's own decode.
+    """
+    duration_s = num_frames / clip_fps
+    expected = max(1, math.ceil(duration_s * cfg.fps - 1e-6))
+    stride = sample_stride(expected, cfg.max_frames)
+    numbers = [k for k in range(expected) if stride == 1 or k % stride < 2][: cfg.max_frames]
+    offsets = [min(num_frames - 1, int(round(k * clip_fps / cfg.fps))) for k in numbers]
+    return numbers, offsets

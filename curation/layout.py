@@ -34,6 +34,10 @@ class OutputLayout:
         return self.path("manifest", "clips")
 
     @property
+    def embeddings_manifest(self) -> str:
+        return self.path("manifest", "embeddings")
+
+    @property
     def markers(self) -> str:
         return self.path("_markers")
 

@@ -11,10 +11,10 @@ from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 
-SCORE_NAMES = (
-    "motion", "motion_px", "moving_fraction", "aesthetic", "sharpness", "brightness", "contrast",
-    "colorfulness", "frozen_fraction",
-)  # fmt: skip
+from curation.scoring_config import FILTERABLE_SCORES
+
+# Every score the record carries, including the content box inside letterbox/pillarbox bars.
+SCORE_NAMES = FILTERABLE_SCORES
 
 
 @dataclass
@@ -127,4 +127,16 @@ def table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     """Rows to a table with exactly `schema`'s columns (missing fields become nulls)."""
     return pa.Table.from_pylist(
         [{name: row.get(name) for name in schema.names} for row in rows], schema=schema
+    )
+
+
+def embedding_schema(dim: int) -> pa.Schema:
+    """`manifest/embeddings`: a clip's normalized CLIP image embedding (mean of its scored frames,
+    renormalized) and the per-frame ones, float16, for deduplication and caption checks later."""
+    return pa.schema(
+        [
+            ("clip_id", pa.string()),
+            ("embedding", pa.list_(pa.float16(), dim)),
+            ("frame_embeddings", pa.list_(pa.list_(pa.float16(), dim))),
+        ]
     )

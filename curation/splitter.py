@@ -13,10 +13,13 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from curation import ffmpeg_tools, storage
 from curation.clips import ClipSpan, clip_id, plan_clips
 from curation.curate_config import CurateConfig
 from curation.errors import InputRejected
+from curation.frames import SampledFrames
 from curation.inputs import Task
 from curation.probe import VideoInfo, probe
 from curation.record import ClipRecord
@@ -32,6 +35,8 @@ class TaskResult:
     videos: list[dict] = field(default_factory=list)
     clips: list[ClipRecord] = field(default_factory=list)
     media: dict[str, dict[str, bytes]] = field(default_factory=dict)  # clip_id -> {"mp4": .., "jpg": ..}
+    samples: dict[str, SampledFrames] = field(default_factory=dict)  # clip_id -> scorer frames
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict)  # clip_id -> [K, D] float16
 
 
 def _record(task_id: int, uri: str, info: VideoInfo, span: ClipSpan) -> ClipRecord:
@@ -108,7 +113,10 @@ class ClipSplitter:
         def submit() -> None:
             group = list(waiting)
             waiting.clear()
-            video.jobs.append((group, pool.submit(transcode_group, path, info, group, cfg.transcode)))
+            sampler = cfg.scoring.frames if cfg.scores_anything else None
+            video.jobs.append(
+                (group, pool.submit(transcode_group, path, info, group, cfg.transcode, sampler))
+            )
 
         def on_shot(start: int, end: int) -> None:
             nonlocal shots_seen
@@ -151,6 +159,8 @@ class ClipSplitter:
                 record.width, record.height, record.codec = clip.width, clip.height, clip.codec
                 record.fps, record.num_frames, record.duration_s = clip.fps, clip.num_frames, clip.duration_s
                 result.media[record.clip_id] = {"mp4": clip.mp4, "jpg": clip.jpg}
+                if clip.samples is not None:
+                    result.samples[record.clip_id] = clip.samples
         records = list(video.records.values())
         kept = [r for r in records if r.kept]
         video.row |= {

@@ -8,17 +8,22 @@ start a process per clip.
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 from dataclasses import dataclass
 
 import ffmpeg
+import numpy as np
 
 from curation import ffmpeg_tools
 from curation.clips import ClipSpan
 from curation.curate_config import TranscodeConfig
+from curation.frames import SampledFrames, frames_from_samples, sample_plan, sample_size
 from curation.probe import VideoInfo
+from curation.scoring_config import FrameSamplerConfig
 
+SAMPLES = "samples.rgb"
 SEEK_MARGIN_FRAMES = 0.25  # seek a quarter frame early so rounding never drops the first frame
 
 
@@ -34,6 +39,7 @@ class EncodedClip:
     fps: float
     num_frames: int
     codec: str = "h264"
+    samples: SampledFrames | None = None  # the scorers' frames, when taken during the encode
 
     @property
     def duration_s(self) -> float:
@@ -67,7 +73,18 @@ def _thumb_name(k: int) -> str:
     return f"t_{k:05d}.jpg"
 
 
-def _concatenated_outputs(video, audio, spans, first, seek, info, cfg, size, thumb, tmp) -> list:
+def _sample_selection(spans: list[ClipSpan], starts: list[int], info: VideoInfo, sampler: FrameSamplerConfig):
+    """Per clip, the scorer samples to take (sample numbers) and their frame numbers in the
+    concatenated stream; duplicates (sampling faster than the clip's rate) are taken once."""
+    plans = []
+    for start, span in zip(starts, spans, strict=True):
+        numbers, offsets = sample_plan(span.num_frames, info.fps, sampler)
+        unique = dict(zip(offsets, numbers, strict=True))  # offset -> first sample number at it
+        plans.append(([unique[o] for o in sorted(unique)], [start + o for o in sorted(unique)]))
+    return plans
+
+
+def _concatenated_outputs(video, audio, spans, first, seek, info, cfg, size, thumb, tmp, sampler) -> list:
     """One encoder for the whole group: the kept frames are selected and laid end to end, a keyframe
     is forced at every clip's first frame, and the segment muxer splits the stream there. x264 then
     runs in its efficient steady state instead of starting (and flushing) once per clip."""
@@ -77,7 +94,7 @@ def _concatenated_outputs(video, audio, spans, first, seek, info, cfg, size, thu
         total += span.num_frames
     keep = "+".join(f"between(n,{s.start_frame - first},{s.end_frame - first - 1})" for s in spans)
     video = video.filter("select", keep).filter("setpts", f"N/({info.fps_rational})/TB")
-    split = video.filter_multi_output("split", 2)
+    split = video.filter_multi_output("split", 3 if sampler else 2)
     encode, stills = split[0], split[1]
     encode = encode.filter("scale", size[0], size[1]).filter("setsar", 1)
     streams = [encode]
@@ -103,17 +120,26 @@ def _concatenated_outputs(video, audio, spans, first, seek, info, cfg, size, thu
         f"eq(n,{start + span.num_frames // 2})" for start, span in zip(starts, spans, strict=True)
     )
     stills = stills.filter("select", middles).filter("scale", *thumb)
-    return [
+    outputs = [
         ffmpeg.output(*streams, os.path.join(tmp, "c_%05d.mp4"), **options),
         ffmpeg.output(
             stills, os.path.join(tmp, "t_%05d.jpg"), start_number=0, fps_mode="passthrough", **{"q:v": 3}
         ),
     ]
+    if sampler:  # the scorers' frames come from this same decode
+        wanted = [n for _, numbers in _sample_selection(spans, starts, info, sampler) for n in numbers]
+        small = sample_size(size, sampler.short_side)
+        samples = split[2].filter("select", "+".join(f"eq(n,{n})" for n in wanted))
+        samples = samples.filter("scale", small[0], small[1], flags="area").filter("setsar", 1)
+        raw = {"format": "rawvideo", "pix_fmt": "rgb24", "fps_mode": "passthrough"}
+        outputs.append(ffmpeg.output(samples, os.path.join(tmp, SAMPLES), **raw))
+    return outputs
 
 
-def _per_clip_outputs(video, audio, spans, first, seek, info, cfg, size, thumb, tmp) -> list:
+def _per_clip_outputs(video, audio, spans, first, seek, info, cfg, size, thumb, tmp, sampler) -> list:
     """One trimmed branch and encoder per clip: needed when resampling the frame rate, where clip
-    boundaries must not be blurred by the fps filter working across them."""
+    boundaries must not be blurred by the fps filter working across them. No scorer samples are
+    taken here (`sampler` is ignored): the scoring stage decodes such clips once itself."""
     branches = video.filter_multi_output("split", 2 * len(spans))
     audio_branches = audio.filter_multi_output("asplit", len(spans)) if audio is not None else None
     encoder = {"vcodec": "libx264", "preset": cfg.preset, "crf": cfg.crf, "pix_fmt": "yuv420p"}
@@ -141,11 +167,32 @@ def _per_clip_outputs(video, audio, spans, first, seek, info, cfg, size, thumb, 
     return outputs
 
 
+def _read_samples(tmp: str, spans, info, size, sampler) -> list[SampledFrames | None]:
+    """Split the raw sample file back into each clip's SampledFrames."""
+    path = os.path.join(tmp, SAMPLES)
+    if not sampler or not os.path.exists(path):
+        return [None] * len(spans)
+    small = sample_size(size, sampler.short_side)
+    raw = np.fromfile(path, np.uint8).reshape(-1, small[1], small[0], 3)
+    starts = list(itertools.accumulate((s.num_frames for s in spans[:-1]), initial=0))
+    out, at = [], 0
+    for span, (numbers, _) in zip(spans, _sample_selection(spans, starts, info, sampler), strict=True):
+        rgb = raw[at : at + len(numbers)]
+        at += len(numbers)
+        out.append(frames_from_samples(rgb, numbers[: len(rgb)], sampler, size, span.num_frames / info.fps))
+    return out
+
+
 def transcode_group(
-    path: str, info: VideoInfo, spans: list[ClipSpan], cfg: TranscodeConfig
+    path: str,
+    info: VideoInfo,
+    spans: list[ClipSpan],
+    cfg: TranscodeConfig,
+    sampler: FrameSamplerConfig | None = None,
 ) -> list[EncodedClip]:
     """Encode `spans` (kept clips of one source, in order) in one ffmpeg run that decodes the
-    source once, from a seek to the group's first frame."""
+    source once, from a seek to the group's first frame; with a `sampler`, the same decode also
+    yields each clip's scorer samples."""
     first = spans[0].start_frame
     seek = max(0.0, (first - SEEK_MARGIN_FRAMES) / info.fps) if first else 0.0
     source = ffmpeg.input(path, ss=f"{seek:.6f}") if first else ffmpeg.input(path)
@@ -157,11 +204,12 @@ def transcode_group(
     thumb = thumbnail_size(size, cfg.thumbnail_short_side)
     build = _per_clip_outputs if cfg.fps else _concatenated_outputs
     with tempfile.TemporaryDirectory(prefix="reelmill-cut-") as tmp:
-        outputs = build(video, audio, spans, first, seek, info, cfg, size, thumb, tmp)
+        outputs = build(video, audio, spans, first, seek, info, cfg, size, thumb, tmp, sampler)
         ffmpeg_tools.run_stream(ffmpeg.merge_outputs(*outputs), cfg.timeout_s)
         written = sorted(n for n in os.listdir(tmp) if n.endswith(".mp4"))
         if len(written) != len(spans):
             raise ffmpeg_tools.FFmpegError(f"expected {len(spans)} clips from ffmpeg, got {len(written)}")
+        samples = _read_samples(tmp, spans, info, size, sampler)
         results = []
         for k, span in enumerate(spans):
             mp4_path = os.path.join(tmp, _clip_name(k))
@@ -170,7 +218,8 @@ def transcode_group(
             with open(os.path.join(tmp, _thumb_name(k)), "rb") as f:
                 jpg = f.read()
             fps = float(cfg.fps or info.fps)
-            results.append(EncodedClip(span, mp4, jpg, size[0], size[1], fps, _frame_count(mp4_path)))
+            frames = _frame_count(mp4_path)
+            results.append(EncodedClip(span, mp4, jpg, size[0], size[1], fps, frames, samples=samples[k]))
         return results
 
 

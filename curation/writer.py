@@ -7,15 +7,19 @@ a task either counts as done with all its outputs in place or is redone from scr
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 from collections import Counter
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from curation import storage
+from curation.curate_config import CurateConfig
+from curation.filters import ClipFilter
 from curation.layout import OutputLayout
-from curation.record import CLIP_SCHEMA, VIDEO_SCHEMA, table
+from curation.record import CLIP_SCHEMA, VIDEO_SCHEMA, embedding_schema, table
 from curation.shards import TaskShardWriter, task_prefix
 from curation.splitter import TaskResult
 
@@ -33,7 +37,7 @@ def clear_task(layout: OutputLayout, task_id: int) -> None:
         for uri in storage.list_files(directory, recursive=False):
             if uri.rsplit("/", 1)[-1].startswith(task_prefix(task_id)):
                 storage.delete(uri)
-    for directory in (layout.videos_manifest, layout.clips_manifest):
+    for directory in (layout.videos_manifest, layout.clips_manifest, layout.embeddings_manifest):
         storage.delete(layout.manifest_part(directory, task_id))
 
 
@@ -56,25 +60,57 @@ def task_summary(result: TaskResult, shards: list[str]) -> dict:
     }
 
 
-class TaskWriter:
-    """Write one task's outputs under OUT and mark the task complete."""
+def _embedding_rows(result: TaskResult) -> list[dict]:
+    rows = []
+    for clip_id, frames in sorted(result.embeddings.items()):
+        mean = frames.astype(np.float32).mean(axis=0)
+        mean /= max(float(np.linalg.norm(mean)), 1e-8)
+        rows.append(
+            {"clip_id": clip_id, "embedding": mean.astype(np.float16), "frame_embeddings": list(frames)}
+        )
+    return rows
 
-    def __init__(self, out: str, max_clips: int, max_bytes: int, run_fingerprint: str):
+
+class TaskWriter:
+    """Decide what is kept, write one task's outputs under OUT and mark the task complete."""
+
+    def __init__(self, out: str, cfg: CurateConfig, run_fingerprint: str):
         self.layout = OutputLayout(out)
-        self.max_clips = max_clips
-        self.max_bytes = max_bytes
+        self.cfg = cfg
+        self.clip_filter = ClipFilter(cfg.filters)
         self.run_fingerprint = run_fingerprint
 
+    def _decide(self, result: TaskResult) -> None:
+        """Apply the filter rules to every written clip that no earlier stage dropped."""
+        for record in result.clips:
+            if record.kept and record.clip_id in result.media:
+                record.kept, record.drop_reason = self.clip_filter(record.scores)
+
     def run(self, result: TaskResult) -> dict:
-        layout = self.layout
+        layout, limits = self.layout, self.cfg.shards
+        self._decide(result)
         clear_task(layout, result.task_id)
-        with TaskShardWriter(layout.shards, result.task_id, self.max_clips, self.max_bytes) as shards:
+        with contextlib.ExitStack() as stack:
+            shards = stack.enter_context(
+                TaskShardWriter(layout.shards, result.task_id, limits.max_clips, limits.max_bytes)
+            )
+            dropped = None
+            if limits.keep_dropped:
+                dropped = stack.enter_context(
+                    TaskShardWriter(layout.dropped, result.task_id, limits.max_clips, limits.max_bytes)
+                )
             for record in result.clips:
                 media = result.media.get(record.clip_id)
-                if record.kept and media is not None:
+                target = shards if record.kept else dropped
+                if media is not None and target is not None:
                     # the record names its own shard, so the part is chosen before the json is made
-                    record.shard = shards.place(len(media["mp4"]) + len(media["jpg"]))
-                    shards.write(record.clip_id, {**media, "json": record.to_json()})
+                    record.shard = target.place(len(media["mp4"]) + len(media["jpg"]))
+                    target.write(record.clip_id, {**media, "json": record.to_json()})
+        if result.embeddings:
+            storage.write_bytes(
+                layout.manifest_part(layout.embeddings_manifest, result.task_id),
+                _parquet_bytes(_embedding_rows(result), embedding_schema(self._embedding_dim(result))),
+            )
         for directory, rows, schema in (
             (layout.videos_manifest, result.videos, VIDEO_SCHEMA),
             (layout.clips_manifest, [c.to_row() for c in result.clips], CLIP_SCHEMA),
@@ -84,3 +120,7 @@ class TaskWriter:
         marker = {**summary, "run_fingerprint": self.run_fingerprint}
         storage.write_bytes(layout.marker(result.task_id), json.dumps(marker, indent=1).encode())
         return summary
+
+    @staticmethod
+    def _embedding_dim(result: TaskResult) -> int:
+        return int(next(iter(result.embeddings.values())).shape[-1])

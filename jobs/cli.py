@@ -18,6 +18,9 @@ def _add_curate(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--videos-per-task", type=int, help="shorthand for --set input.videos_per_task=N")
     p.add_argument("--overwrite", action="store_true", help="discard what OUT holds and start over")
+    p.add_argument(
+        "--keep-dropped", action="store_true", help="also write filtered-out clips to OUT/dropped/"
+    )
     p.add_argument("--num-cpus", type=int, help="CPUs for the embedded local Ray (default: all)")
 
 
@@ -40,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
             from jobs.curate import run_curate
 
             overrides = list(args.overrides)
+            if args.keep_dropped:
+                overrides.append("shards.keep_dropped=true")
             if args.videos_per_task is not None:
                 overrides.append(f"input.videos_per_task={args.videos_per_task}")
             cfg = config_lib.load(CurateConfig, "curate", args.config, overrides)

@@ -16,13 +16,16 @@ import time
 from collections import Counter
 from datetime import UTC, datetime
 
+import numpy as np
 import ray
 
 from curation import config as config_lib
 from curation import ffmpeg_tools, storage
 from curation.curate_config import CurateConfig
+from curation.filters import rule_reasons
 from curation.inputs import Task, expand_inputs, make_tasks
 from curation.layout import OutputLayout
+from curation.scoring_stage import CpuScoringStage
 from curation.splitter import ClipSplitter
 from curation.writer import TaskWriter
 from jobs.ray_runtime import ray_session
@@ -73,9 +76,76 @@ def _split_row(row: dict, cfg: CurateConfig) -> dict:
     return {"task_id": task.task_id, "result": pickle.dumps(ClipSplitter(cfg).run(task))}
 
 
+def _cpu_score_row(row: dict, cfg: CurateConfig) -> dict:
+    result = CpuScoringStage(cfg).run(pickle.loads(row["result"]))
+    return {"task_id": row["task_id"], "result": pickle.dumps(result)}
+
+
+class _AestheticActor:
+    """Ray Data actor: the aesthetic models are loaded once, then score task after task."""
+
+    def __init__(self, cfg: CurateConfig):
+        from curation.scoring_stage import AestheticStage
+
+        self.stage = AestheticStage(cfg)
+
+    def __call__(self, batch: dict) -> dict:
+        results = [pickle.dumps(self.stage.run(pickle.loads(blob))) for blob in batch["result"]]
+        return {"task_id": list(batch["task_id"]), "result": results}
+
+
 def _write_row(row: dict, out: str, cfg: CurateConfig, fingerprint: str) -> dict:
-    writer = TaskWriter(out, cfg.shards.max_clips, cfg.shards.max_bytes, fingerprint)
-    return {"task_id": row["task_id"], "summary": json.dumps(writer.run(pickle.loads(row["result"])))}
+    result = pickle.loads(row["result"])
+    result.samples.clear()  # scored already; nothing downstream reads them
+    writer = TaskWriter(out, cfg, fingerprint)
+    return {"task_id": row["task_id"], "summary": json.dumps(writer.run(result))}
+
+
+def check_models(cfg: CurateConfig) -> None:
+    """Fail before any work starts when a model the config asks for cannot be found."""
+    aesthetic = cfg.scoring.aesthetic
+    if not aesthetic.enabled:
+        return
+    if not aesthetic.head_weights:
+        raise config_lib.ConfigError(
+            "scoring.aesthetic.head_weights is not set: point it at the LAION aesthetic head "
+            "(sac+logos+ava1-l14-linearMSE.pth from christophschuhmann/improved-aesthetic-predictor), "
+            "or pass --set scoring.aesthetic.enabled=false"
+        )
+    for key in ("head_weights", "clip_model_config"):
+        path = getattr(aesthetic, key)
+        if path and not storage.exists(path):
+            raise config_lib.ConfigError(f"scoring.aesthetic.{key}: {path} does not exist")
+
+
+def _unfusable(num_cpus: float) -> dict:
+    """Remote args for the CPU stage right before the aesthetic actor pool. A `ray_remote_args_fn`
+    keeps Ray Data from fusing that stage (and the split before it) into the actors: there are
+    only as many actors as model copies, so fused video work would run one task at a time."""
+    return {"num_cpus": num_cpus, "ray_remote_args_fn": lambda: {"num_cpus": num_cpus}}
+
+
+def build_pipeline(ds, output: str, cfg: CurateConfig, fingerprint: str):
+    """The curate pipeline on Ray Data, one row per task: split -> score -> write."""
+    res, scoring = cfg.resources, cfg.scoring
+    cpu_scoring = scoring.motion.enabled or scoring.quality.enabled
+    before_actors = _unfusable if scoring.aesthetic.enabled else (lambda n: {"num_cpus": n})
+    split_args = before_actors(res.split_cpus) if not cpu_scoring else {"num_cpus": res.split_cpus}
+    ds = ds.map(functools.partial(_split_row, cfg=cfg), **split_args)
+    if cpu_scoring:
+        ds = ds.map(functools.partial(_cpu_score_row, cfg=cfg), **before_actors(res.score_cpus))
+    if scoring.aesthetic.enabled:
+        ds = ds.map_batches(
+            _AestheticActor,
+            fn_constructor_kwargs={"cfg": cfg},
+            batch_size=1,  # a row is a whole task: many clips, batched inside the scorer
+            compute=ray.data.ActorPoolStrategy(size=res.aesthetic_actors),
+            num_cpus=res.aesthetic_cpus,
+            num_gpus=scoring.aesthetic.num_gpus,
+        )
+    return ds.map(
+        functools.partial(_write_row, out=output, cfg=cfg, fingerprint=fingerprint), num_cpus=res.write_cpus
+    )
 
 
 def aggregate(summaries: list[dict]) -> dict:
@@ -94,13 +164,39 @@ def aggregate(summaries: list[dict]) -> dict:
     return total
 
 
-def summary_line(counts: dict, wall_s: float, out: str) -> str:
-    return (
+def score_distributions(layout: OutputLayout) -> dict[str, dict]:
+    """Per score over every scored candidate clip: count, min, percentiles, max (for run.json)."""
+    table = layout.read_manifest(layout.clips_manifest)
+    out = {}
+    if table is None:
+        return out
+    for name in (n for n in table.column_names if n.startswith("scores.")):
+        values = np.array([v for v in table.column(name).to_pylist() if v is not None], dtype=np.float64)
+        if len(values):
+            pct = np.percentile(values, [5, 25, 50, 75, 95])
+            out[name.removeprefix("scores.")] = {
+                "count": int(len(values)), "min": float(values.min()),
+                **{f"p{p}": float(v) for p, v in zip((5, 25, 50, 75, 95), pct, strict=True)},
+                "max": float(values.max()),
+            }  # fmt: skip
+    return out
+
+
+def rule_drops(cfg: CurateConfig, drop_reasons: dict[str, int]) -> dict[str, int]:
+    """Clips dropped by each configured filter rule, in rule order (zeros included)."""
+    return {
+        reason: drop_reasons.get(reason, 0) for rule in cfg.filters.rules for reason in rule_reasons(rule)
+    }
+
+
+def summary_line(counts: dict, wall_s: float, out: str, models: str | None = None) -> str:
+    line = (
         f"reelmill curate: {counts['videos']} videos ({counts['videos_ok']} ok, "
         f"{counts['videos'] - counts['videos_ok']} error), {counts['clips']} clips "
         f"({counts['clips_kept']} kept, {counts['clips_dropped']} dropped) in {counts['shards']} shards, "
         f"{wall_s:.1f}s -> {out}"
     )
+    return f"{line} [models: {models}]" if models else line
 
 
 def run_curate(
@@ -110,12 +206,18 @@ def run_curate(
     overwrite: bool = False,
     num_cpus: int | None = None,
     log=print,
+    models: str | None = None,
 ) -> dict:
-    """Run the whole curate job; returns what it writes to run.json."""
+    """Run the whole curate job; returns what it writes to run.json.
+
+    `models` labels the run's model weights in run.json and the summary (the demo passes
+    "random-weights" when it had to stand in tiny random models for missing ones).
+    """
     started = time.perf_counter()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     ffmpeg_tools.require_binaries()
     uris = expand_inputs(inputs, cfg.input.extensions)
+    check_models(cfg)
     tasks = make_tasks(uris, cfg.input.videos_per_task)
     layout = OutputLayout(output)
     fingerprint = config_lib.fingerprint(cfg)
@@ -140,12 +242,7 @@ def run_curate(
             ds = ray.data.from_items(
                 [{"task": pickle.dumps(t)} for t in pending], override_num_blocks=len(pending)
             )
-            ds = ds.map(functools.partial(_split_row, cfg=cfg), num_cpus=cfg.resources.split_cpus)
-            ds = ds.map(
-                functools.partial(_write_row, out=output, cfg=cfg, fingerprint=fingerprint),
-                num_cpus=cfg.resources.write_cpus,
-            )
-            for row in ds.iter_rows():
+            for row in build_pipeline(ds, output, cfg, fingerprint).iter_rows():
                 fresh.append(json.loads(row["summary"]))
     wall = time.perf_counter() - started
 
@@ -164,6 +261,8 @@ def run_curate(
         "ray": ray_info,
         "tasks": {"total": len(tasks), "run_now": len(fresh), "skipped_done": len(done)},
         "counts": counts,
+        "scores": score_distributions(layout),
+        "filters": {"mode": cfg.filters.mode, "drops_by_rule": rule_drops(cfg, counts["drop_reasons"])},
         "timings": {
             "wall_s": wall,
             "ray_start_s": ray_start_s,
@@ -174,8 +273,8 @@ def run_curate(
             "video_s_per_wall_s": seconds_now / wall if wall else 0.0,
             "clips_per_s": sum(s["clips"] for s in fresh) / wall if wall else 0.0,
         },
-        "models": None,
+        "models": models or ("pretrained" if cfg.scoring.aesthetic.enabled else "none"),
     }
     storage.write_bytes(layout.run_json, json.dumps(run, indent=1).encode())
-    log(summary_line(counts, wall, output))
+    log(summary_line(counts, wall, output, models))
     return run

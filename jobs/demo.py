@@ -12,17 +12,42 @@ from curation.layout import OutputLayout
 from jobs.curate import run_curate
 
 
+def use_stand_in_models_if_missing(cfg: CurateConfig, directory: str) -> str | None:
+    """Point the config at tiny random-weight models where the default weights are missing.
+
+    Returns "random-weights" when it did (and says so), None when the real weights are configured.
+    """
+    aesthetic = cfg.scoring.aesthetic
+    if not aesthetic.enabled or (aesthetic.head_weights and storage.exists(aesthetic.head_weights)):
+        return None
+    from curation.scoring.tiny_models import build_tiny_aesthetic_models
+
+    print(
+        "reelmill demo: the aesthetic scorer's weights are missing (scoring.aesthetic.head_weights: the LAION "
+        f"head for {aesthetic.clip_model}/{aesthetic.clip_pretrained}); running the same pipeline with tiny "
+        f"random-weight models of the same architectures, saved in {directory}.\n"
+        "reelmill demo: their aesthetic scores mean nothing, so the aesthetic filter rule is off; every output "
+        "is marked models: random-weights"
+    )
+    for key, value in build_tiny_aesthetic_models(directory).items():
+        setattr(aesthetic, key, value)
+    aesthetic.device = "cpu"
+    cfg.filters.rules = [r for r in cfg.filters.rules if r.score != "aesthetic"]
+    return "random-weights"
+
+
 def run_demo(output: str, num_cpus: int | None = None) -> dict:
     samples = os.path.join(output, "samples")
     if not os.path.isdir(samples) or not os.listdir(samples):
         print(f"reelmill demo: making sample videos in {samples} (ffmpeg lavfi)")
         synthetic.sample_set(samples)
     cfg = config_lib.load(CurateConfig, "curate", "default", ["input.videos_per_task=2"])
+    models = use_stand_in_models_if_missing(cfg, os.path.join(output, "models"))
     curated = os.path.join(output, "curated")
-    run = run_curate([samples], curated, cfg, overwrite=True, num_cpus=num_cpus)
+    run = run_curate([samples], curated, cfg, overwrite=True, num_cpus=num_cpus, models=models)
     layout = OutputLayout(curated)
     shards = layout.shard_files()
-    print("\nreelmill demo: done")
+    print("\nreelmill demo: done" + (f"  [models: {models}]" if models else ""))
     print(f"  inputs     {samples}")
     print(f"  shards     {len(shards)} in {layout.shards}")
     print(f"  manifests  {layout.videos_manifest}  {layout.clips_manifest}")

@@ -107,6 +107,19 @@ def bad_inputs(tmp_path_factory, two_shot_video):
     return make_bad_inputs(tmp_path_factory.mktemp("bad"), two_shot_video)
 
 
+@pytest.fixture(scope="session")
+def tiny_aesthetic(tmp_path_factory) -> dict[str, str]:
+    """Tiny random-weight CLIP + aesthetic head files, loaded by the job as a user's would be."""
+    from curation.scoring.tiny_models import build_tiny_aesthetic_models
+
+    return build_tiny_aesthetic_models(tmp_path_factory.mktemp("tiny-aesthetic"))
+
+
+def model_overrides(models: dict[str, str]) -> list[str]:
+    """`--set` assignments that point the aesthetic scorer at `models` on the CPU."""
+    return [f"scoring.aesthetic.{k}={v}" for k, v in models.items()] + ["scoring.aesthetic.device=cpu"]
+
+
 @pytest.fixture(scope="module")
 def ray_local():
     """One local Ray for a whole test module (starting Ray costs seconds)."""

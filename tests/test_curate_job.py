@@ -12,7 +12,7 @@ import pytest
 import ray
 import webdataset as wds
 
-from conftest import make_bad_inputs
+from conftest import make_bad_inputs, model_overrides
 from curation import config, synthetic
 from curation.curate_config import CurateConfig
 from curation.layout import OutputLayout
@@ -42,10 +42,19 @@ def inputs(tmp_path_factory, multi_shot_video, two_shot_video):
     return d, bad
 
 
+# These tests are about splitting and writing: every clip's scores are recorded, none filters.
+SCORE_ONLY = ["filters.mode=score-only"]
+NO_MODEL = ["scoring.aesthetic.enabled=false", *SCORE_ONLY]
+
+
+def load(*overrides: str) -> CurateConfig:
+    return config.load(CurateConfig, "curate", "default", list(overrides))
+
+
 @pytest.fixture(scope="module")
-def run(ray_local, inputs, tmp_path_factory):
+def run(ray_local, inputs, tmp_path_factory, tiny_aesthetic):
     out = tmp_path_factory.mktemp("run") / "out"
-    cfg = config.load(CurateConfig, "curate", "default", ["input.videos_per_task=3"])
+    cfg = load("input.videos_per_task=3", *SCORE_ONLY, *model_overrides(tiny_aesthetic))
     return out, run_curate([str(inputs[0])], str(out), cfg)
 
 
@@ -75,7 +84,8 @@ def test_shards_match_the_manifest_both_ways(run):
     for key, sample in samples.items():
         record = json.loads(sample["json"])
         assert record["clip_id"] == key and record["kept"] is True
-        assert record["caption"] is None and set(record["scores"]) >= {"motion", "aesthetic"}
+        assert record["caption"] is None
+        assert all(record["scores"][name] is not None for name in ("motion", "sharpness", "aesthetic"))
         assert os.path.basename(sample["__url__"]) == record["shard"] == kept[key]["shard"]
         assert sample["mp4"][4:8] == b"ftyp" and sample["jpg"][:2] == b"\xff\xd8"
     names = sorted(os.path.basename(u) for u in layout.shard_files())
@@ -103,13 +113,13 @@ def test_run_json(run):
     assert written["counts"]["drop_reasons"]["duration<2"] >= 1
 
 
-def test_rerun_skips_done_tasks_and_changed_config_is_refused(run, inputs):
+def test_rerun_skips_done_tasks_and_changed_config_is_refused(run, inputs, tiny_aesthetic):
     out, first = run
-    cfg = config.load(CurateConfig, "curate", "default", ["input.videos_per_task=3"])
+    cfg = load("input.videos_per_task=3", *SCORE_ONLY, *model_overrides(tiny_aesthetic))
     again = run_curate([str(inputs[0])], str(out), cfg)
     assert again["tasks"]["run_now"] == 0 and again["counts"] == first["counts"]
-    changed = config.load(
-        CurateConfig, "curate", "default", ["input.videos_per_task=3", "clips.max_clip_s=4"]
+    changed = load(
+        "input.videos_per_task=3", *SCORE_ONLY, *model_overrides(tiny_aesthetic), "clips.max_clip_s=4"
     )
     with pytest.raises(ResumeRefused, match=r"clips\.max_clip_s: 10\.0 -> 4\.0"):
         run_curate([str(inputs[0])], str(out), changed)
@@ -117,27 +127,17 @@ def test_rerun_skips_done_tasks_and_changed_config_is_refused(run, inputs):
 
 def test_overwrite_starts_over(ray_local, inputs, tmp_path):
     out = tmp_path / "out"
-    cfg = config.load(CurateConfig, "curate", "default", ["input.videos_per_task=8"])
+    cfg = load("input.videos_per_task=8", *NO_MODEL)
     run_curate([str(inputs[0] / "two_shot.mp4")], str(out), cfg)
-    changed = config.load(CurateConfig, "curate", "default", ["transcode.crf=30"])
+    changed = load("transcode.crf=30", *NO_MODEL)
     result = run_curate([str(inputs[0] / "two_shot.mp4")], str(out), changed, overwrite=True)
     assert result["tasks"]["run_now"] == 1
     assert result["counts"]["clips_kept"] == len(shard_samples(OutputLayout(str(out)))) == 2
 
 
 def _curate_cmd(inputs_dir, out) -> list[str]:
-    return [
-        REELMILL,
-        "curate",
-        "--input",
-        str(inputs_dir),
-        "--output",
-        str(out),
-        "--videos-per-task",
-        "1",
-        "--num-cpus",
-        "2",
-    ]
+    cmd = [REELMILL, "curate", "--input", str(inputs_dir), "--output", str(out), "--videos-per-task", "1"]
+    return [*cmd, "--num-cpus", "2", *[arg for o in NO_MODEL for arg in ("--set", o)]]
 
 
 def test_resume_after_sigkill_matches_a_clean_run(tmp_path):
@@ -185,6 +185,12 @@ def test_cli_reports_config_errors(tmp_path, two_shot_video, args, message):
     cmd = [REELMILL, "curate", "--input", str(two_shot_video), "--output", str(tmp_path / "o"), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 2 and message in proc.stderr
+
+
+def test_cli_names_the_missing_model_setting(tmp_path, two_shot_video):
+    cmd = [REELMILL, "curate", "--input", str(two_shot_video), "--output", str(tmp_path / "o")]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 2 and "scoring.aesthetic.head_weights is not set" in proc.stderr
 
 
 def test_cli_reports_missing_input(tmp_path):

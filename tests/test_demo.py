@@ -16,8 +16,11 @@ def test_make_demo(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "reelmill demo: done" in proc.stdout
+    assert "models: random-weights" in proc.stdout  # no real weights here: said plainly, and marked
     run = json.loads((out / "curated" / "run.json").read_text())
     assert run["counts"]["videos_ok"] == 3 and run["counts"]["video_errors"] == {"truncated": 1}
+    assert run["models"] == "random-weights"
+    assert run["scores"]["aesthetic"]["count"] > 0 and "aesthetic<4.5" not in run["filters"]["drops_by_rule"]
     shards = sorted((out / "curated" / "shards").glob("*.tar"))
     keys = [s["__key__"] for url in shards for s in wds.WebDataset(str(url), shardshuffle=False)]
     assert len(keys) == run["counts"]["clips_kept"] > 0

@@ -1,0 +1,68 @@
+"""The scoring stages: a task's kept clips get their scores, from samples taken once per clip.
+
+The split stage's encode already yields each clip's samples (curation.transcode); a clip without
+them (frame-rate resampling) is decoded once here. CPU scorers run in Ray tasks, the aesthetic
+model in an actor pool that loads it once per actor; both read the same samples.
+"""
+
+from __future__ import annotations
+
+from curation.curate_config import CurateConfig
+from curation.errors import InputRejected
+from curation.frames import sample_frames
+from curation.scoring import MotionScorer, QualityScorer
+from curation.splitter import TaskResult
+
+
+def scorable(result: TaskResult) -> list:
+    """Records of the clips that were written and not dropped yet, in order."""
+    return [r for r in result.clips if r.kept and r.clip_id in result.media]
+
+
+class CpuScoringStage:
+    """Motion and visual quality (no model) for every kept clip of a task."""
+
+    def __init__(self, cfg: CurateConfig):
+        self.cfg = cfg
+        self.motion = MotionScorer(cfg.scoring.motion) if cfg.scoring.motion.enabled else None
+        self.quality = QualityScorer(cfg.scoring.quality) if cfg.scoring.quality.enabled else None
+
+    def run(self, result: TaskResult) -> TaskResult:
+        for record in scorable(result):
+            frames = result.samples.get(record.clip_id)
+            if frames is None:
+                try:
+                    frames = sample_frames(
+                        result.media[record.clip_id]["mp4"],
+                        self.cfg.scoring.frames,
+                        record.duration_s,
+                        (record.width, record.height),
+                    )
+                except InputRejected as rejected:  # the clip we wrote does not decode: never keep it
+                    record.kept, record.drop_reason = False, "unscorable"
+                    record.errors.append({"stage": "scoring", "message": rejected.reason})
+                    continue
+                result.samples[record.clip_id] = frames
+            for scorer in (self.motion, self.quality):
+                if scorer is not None:
+                    record.scores.update(scorer.score(frames))
+        return result
+
+
+class AestheticStage:
+    """CLIP embeddings and the LAION aesthetic score; holds the models (build it once per actor)."""
+
+    def __init__(self, cfg: CurateConfig):
+        from curation.scoring.aesthetic import AestheticScorer  # torch only where the model runs
+
+        self.scorer = AestheticScorer(cfg.scoring.aesthetic)
+
+    def run(self, result: TaskResult) -> TaskResult:
+        records = [r for r in scorable(result) if r.clip_id in result.samples]
+        if records:
+            scored = self.scorer.score_batch([result.samples[r.clip_id] for r in records])
+            for record, (scores, embedding) in zip(records, scored, strict=True):
+                record.scores.update(scores)
+                if embedding is not None:
+                    result.embeddings[record.clip_id] = embedding
+        return result
