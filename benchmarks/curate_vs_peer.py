@@ -7,6 +7,7 @@ libx264 veryfast crf 22, no audio):
   floor   ffmpeg -i IN -c:v libx264 -preset veryfast -crf 22 OUT        (one transcode, no cutting)
   peer    scenedetect -i IN detect-adaptive split-video                 (detect, then one ffmpeg per scene)
   curate  reelmill curate --input IN --output OUT                       (embedded Ray, manifests, shards)
+  curate+cpu-scores  the same with the motion and quality scorers on     (the cost of scoring)
 
 CPU seconds are the machine's busy time from /proc/stat over each run (Ray's workers are not
 children of the command, so per-process accounting would miss them): run it on an idle machine.
@@ -67,6 +68,22 @@ def make_input(path: Path, seconds: float) -> Path:
     return synthetic.make_video(path, spec, timeout_s=3600)
 
 
+# Same output settings as the peer; the model scorer is off in both curate rows (its cost is a GPU
+# matter), the second row adds the CPU scorers (motion, quality) and their frame samples.
+NO_SCORING = [
+    "scoring.motion.enabled=false",
+    "scoring.quality.enabled=false",
+    "scoring.aesthetic.enabled=false",
+]
+CPU_SCORING = ["scoring.aesthetic.enabled=false"]
+
+
+def curate_cmd(src: Path, out: Path, overrides: list[str]) -> list[str]:
+    cmd = [str(BIN / "reelmill"), "curate", "--input", str(src), "--output", str(out), "--overwrite"]
+    sets = ["transcode.crf=22", "transcode.preset=veryfast", "filters.mode=score-only", *overrides]
+    return cmd + [arg for s in sets for arg in ("--set", s)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -77,7 +94,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     src = make_input(out / f"input_{int(args.seconds)}s_720p.mp4", args.seconds)
-    for d in ("floor.mp4", "peer", "curate"):
+    for d in ("floor.mp4", "peer", "curate", "scored"):
         shutil.rmtree(out / d, ignore_errors=True) if (out / d).is_dir() else (out / d).unlink(
             missing_ok=True
         )
@@ -97,18 +114,15 @@ def main() -> None:
              "-a", "-an -map 0:v:0 -c:v libx264 -preset veryfast -crf 22 -pix_fmt yuv420p"],
             out / "peer.log",
         ),
-        timed(
-            "curate",
-            [str(BIN / "reelmill"), "curate", "--input", str(src), "--output", str(out / "curate"), "--overwrite",
-             "--set", "transcode.crf=22", "--set", "transcode.preset=veryfast"],
-            out / "curate.log",
-        ),
+        timed("curate", curate_cmd(src, out / "curate", NO_SCORING), out / "curate.log"),
+        timed("curate+cpu-scores", curate_cmd(src, out / "scored", CPU_SCORING), out / "scored.log"),
     ]  # fmt: skip
     run = json.loads((out / "curate" / "run.json").read_text())
     floor = rows[0]
     rows[1]["clips"] = len(list((out / "peer").glob("*.mp4")))
     rows[2]["clips"] = run["counts"]["clips_kept"]
     rows[2]["ray_start_s"] = run["timings"].get("ray_start_s")
+    rows[3]["clips"] = json.loads((out / "scored" / "run.json").read_text())["counts"]["clips_kept"]
     lines = [
         f"Input: {args.seconds:g} s of 1280x720 H.264 30 fps, {run['counts']['shots']} shots; "
         f"{os.cpu_count()} cores; output libx264 veryfast crf 22, source resolution, no audio.",
@@ -121,9 +135,14 @@ def main() -> None:
             f"| {r['name']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['wall_s'] / floor['wall_s']:.2f}x | "
             f"{r['cpu_s'] / floor['cpu_s']:.2f}x | {r.get('clips', '-')} |"
         )
-    if rows[2].get("ray_start_s") is not None:
-        lines.append("")
-        lines.append(f"curate's wall time includes {rows[2]['ray_start_s']:.1f} s to start the embedded Ray.")
+    lines.append("")
+    lines.append(f"curate's wall time includes {rows[2]['ray_start_s']:.1f} s to start the embedded Ray.")
+    extra = rows[3]["wall_s"] - rows[2]["wall_s"]
+    lines.append(
+        f"CPU scorers (motion, quality; samples from the transcoder's decode): +{extra:.1f} s wall "
+        f"({extra / rows[2]['wall_s']:+.0%}), +{rows[3]['cpu_s'] - rows[2]['cpu_s']:.1f} CPU s "
+        f"({(rows[3]['cpu_s'] - rows[2]['cpu_s']) / run['counts']['hours_kept'] / 3600:.3f} CPU s per clip second)."
+    )
     table = "\n".join(lines)
     (out / "curate_vs_peer.md").write_text(table + "\n")
     (out / "curate_vs_peer.json").write_text(json.dumps(rows, indent=1))

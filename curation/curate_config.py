@@ -145,12 +145,15 @@ class ResourcesConfig:
     """Actors in the aesthetic scoring pool (each loads the model once; GPUs per actor are
     `scoring.aesthetic.num_gpus`)."""
     aesthetic_cpus: float = 1.0
+    aesthetic_memory_gb: float = 2.0
+    """Memory reserved per aesthetic actor (the CLIP ViT-L/14 model and its batches)."""
 
     def __post_init__(self):
         check(self.split_cpus > 0, "resources.split_cpus", "must be > 0")
         check(self.write_cpus > 0, "resources.write_cpus", "must be > 0")
         check(self.score_cpus > 0, "resources.score_cpus", "must be > 0")
         check(self.aesthetic_actors >= 1, "resources.aesthetic_actors", "must be >= 1")
+        check(self.aesthetic_memory_gb > 0, "resources.aesthetic_memory_gb", "must be > 0")
 
 
 @dataclass

@@ -118,22 +118,17 @@ def check_models(cfg: CurateConfig) -> None:
             raise config_lib.ConfigError(f"scoring.aesthetic.{key}: {path} does not exist")
 
 
-def _unfusable(num_cpus: float) -> dict:
-    """Remote args for the CPU stage right before the aesthetic actor pool. A `ray_remote_args_fn`
-    keeps Ray Data from fusing that stage (and the split before it) into the actors: there are
-    only as many actors as model copies, so fused video work would run one task at a time."""
-    return {"num_cpus": num_cpus, "ray_remote_args_fn": lambda: {"num_cpus": num_cpus}}
-
-
 def build_pipeline(ds, output: str, cfg: CurateConfig, fingerprint: str):
-    """The curate pipeline on Ray Data, one row per task: split -> score -> write."""
+    """The curate pipeline on Ray Data, one row per task: split -> score -> write.
+
+    The aesthetic actors reserve memory (`resources.aesthetic_memory_gb`) and the CPU stages do
+    not; besides placing the model, that keeps Ray Data from fusing the split into the actor pool,
+    where, with as many actors as model copies, the video work would run one task at a time.
+    """
     res, scoring = cfg.resources, cfg.scoring
-    cpu_scoring = scoring.motion.enabled or scoring.quality.enabled
-    before_actors = _unfusable if scoring.aesthetic.enabled else (lambda n: {"num_cpus": n})
-    split_args = before_actors(res.split_cpus) if not cpu_scoring else {"num_cpus": res.split_cpus}
-    ds = ds.map(functools.partial(_split_row, cfg=cfg), **split_args)
-    if cpu_scoring:
-        ds = ds.map(functools.partial(_cpu_score_row, cfg=cfg), **before_actors(res.score_cpus))
+    ds = ds.map(functools.partial(_split_row, cfg=cfg), num_cpus=res.split_cpus)
+    if scoring.motion.enabled or scoring.quality.enabled:
+        ds = ds.map(functools.partial(_cpu_score_row, cfg=cfg), num_cpus=res.score_cpus)
     if scoring.aesthetic.enabled:
         ds = ds.map_batches(
             _AestheticActor,
@@ -142,6 +137,7 @@ def build_pipeline(ds, output: str, cfg: CurateConfig, fingerprint: str):
             compute=ray.data.ActorPoolStrategy(size=res.aesthetic_actors),
             num_cpus=res.aesthetic_cpus,
             num_gpus=scoring.aesthetic.num_gpus,
+            memory=int(res.aesthetic_memory_gb * 2**30),
         )
     return ds.map(
         functools.partial(_write_row, out=output, cfg=cfg, fingerprint=fingerprint), num_cpus=res.write_cpus
