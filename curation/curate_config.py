@@ -112,7 +112,8 @@ class TranscodeConfig:
         check(self.fps is None or self.fps > 0, "transcode.fps", "must be > 0")
         check(0 <= self.crf <= 51, "transcode.crf", "must be in 0..51")
         check(self.preset in X264_PRESETS, "transcode.preset", f"must be one of {', '.join(X264_PRESETS)}")
-        check(self.clips_per_process >= 1, "transcode.clips_per_process", "must be >= 1")
+        # each clip is one term of ffmpeg select expressions, which parse at most 100 terms
+        check(1 <= self.clips_per_process <= 64, "transcode.clips_per_process", "must be in 1..64")
         check(self.seconds_per_process > 0, "transcode.seconds_per_process", "must be > 0")
         check(self.workers >= 1, "transcode.workers", "must be >= 1")
         check(self.threads >= 0, "transcode.threads", "must be >= 0")

@@ -241,12 +241,17 @@ def frames_from_samples(
 def sample_plan(num_frames: int, clip_fps: float, cfg: FrameSamplerConfig) -> tuple[list[int], list[int]]:
     """Which samples a clip of `num_frames` frames gets, and the clip frame each one is.
 
-    The same samples `sample_frames` takes (k / fps seconds, long clips thinned to pairs), for a
-    decoder that picks frames by number, such as the transcoder's own decode.
+    Sample k is the frame nearest k / fps seconds (frame floor(k * step + 0.5), step = clip_fps / fps),
+    long clips thinned to pairs as in `sample_frames`; for a decoder that picks frames by number,
+    such as the transcoder's own decode.
     """
-    duration_s = num_frames / clip_fps
-    expected = max(1, math.ceil(duration_s * cfg.fps - 1e-6))
+    step = clip_fps / cfg.fps
+    expected = max(1, math.ceil(num_frames / step - 1e-6))
     stride = sample_stride(expected, cfg.max_frames)
-    numbers = [k for k in range(expected) if stride == 1 or k % stride < 2][: cfg.max_frames]
-    offsets = [min(num_frames - 1, int(round(k * clip_fps / cfg.fps))) for k in numbers]
-    return numbers, offsets
+    numbers = [
+        k
+        for k in range(expected)
+        if (stride == 1 or k % stride < 2) and math.floor(k * step + 0.5) < num_frames
+    ]
+    numbers = numbers[: cfg.max_frames]
+    return numbers, [math.floor(k * step + 0.5) for k in numbers]

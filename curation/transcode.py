@@ -74,14 +74,20 @@ def _thumb_name(k: int) -> str:
 
 
 def _sample_selection(spans: list[ClipSpan], starts: list[int], info: VideoInfo, sampler: FrameSamplerConfig):
-    """Per clip, the scorer samples to take (sample numbers) and their frame numbers in the
-    concatenated stream; duplicates (sampling faster than the clip's rate) are taken once."""
-    plans = []
+    """The select expression that picks every clip's scorer samples from the concatenated stream,
+    and per clip the sample numbers it yields; None when one arithmetic term per clip cannot say it
+    (sampling faster than the clip's rate, or long clips thinned to pairs): the scoring stage then
+    decodes those clips itself. ffmpeg parses at most 100 terms in a sum, hence one term per clip."""
+    step = info.fps / sampler.fps
+    plans, terms = [], []
     for start, span in zip(starts, spans, strict=True):
-        numbers, offsets = sample_plan(span.num_frames, info.fps, sampler)
-        unique = dict(zip(offsets, numbers, strict=True))  # offset -> first sample number at it
-        plans.append(([unique[o] for o in sorted(unique)], [start + o for o in sorted(unique)]))
-    return plans
+        numbers, _ = sample_plan(span.num_frames, info.fps, sampler)
+        if step < 1 or numbers != list(range(len(numbers))):
+            return None
+        plans.append(numbers)
+        # frames nearest to k * step after the clip's first frame: n - start in [k*step - 0.5, k*step + 0.5)
+        terms.append(f"between(n,{start},{start + span.num_frames - 1})*lt(mod(n-{start}+0.5,{step:.9g}),1)")
+    return "+".join(terms), plans
 
 
 def _concatenated_outputs(video, audio, spans, first, seek, info, cfg, size, thumb, tmp, sampler) -> list:
@@ -94,7 +100,8 @@ def _concatenated_outputs(video, audio, spans, first, seek, info, cfg, size, thu
         total += span.num_frames
     keep = "+".join(f"between(n,{s.start_frame - first},{s.end_frame - first - 1})" for s in spans)
     video = video.filter("select", keep).filter("setpts", f"N/({info.fps_rational})/TB")
-    split = video.filter_multi_output("split", 3 if sampler else 2)
+    selection = _sample_selection(spans, starts, info, sampler) if sampler else None
+    split = video.filter_multi_output("split", 3 if selection else 2)
     encode, stills = split[0], split[1]
     encode = encode.filter("scale", size[0], size[1]).filter("setsar", 1)
     streams = [encode]
@@ -126,10 +133,9 @@ def _concatenated_outputs(video, audio, spans, first, seek, info, cfg, size, thu
             stills, os.path.join(tmp, "t_%05d.jpg"), start_number=0, fps_mode="passthrough", **{"q:v": 3}
         ),
     ]
-    if sampler:  # the scorers' frames come from this same decode
-        wanted = [n for _, numbers in _sample_selection(spans, starts, info, sampler) for n in numbers]
+    if selection:  # the scorers' frames come from this same decode
         small = sample_size(size, sampler.short_side)
-        samples = split[2].filter("select", "+".join(f"eq(n,{n})" for n in wanted))
+        samples = split[2].filter("select", selection[0])
         samples = samples.filter("scale", small[0], small[1], flags="area").filter("setsar", 1)
         raw = {"format": "rawvideo", "pix_fmt": "rgb24", "fps_mode": "passthrough"}
         outputs.append(ffmpeg.output(samples, os.path.join(tmp, SAMPLES), **raw))
@@ -175,11 +181,16 @@ def _read_samples(tmp: str, spans, info, size, sampler) -> list[SampledFrames | 
     small = sample_size(size, sampler.short_side)
     raw = np.fromfile(path, np.uint8).reshape(-1, small[1], small[0], 3)
     starts = list(itertools.accumulate((s.num_frames for s in spans[:-1]), initial=0))
+    _, plans = _sample_selection(spans, starts, info, sampler)
+    if len(raw) != sum(len(p) for p in plans):
+        raise ffmpeg_tools.FFmpegError(
+            f"expected {sum(len(p) for p in plans)} scorer samples, got {len(raw)}"
+        )
     out, at = [], 0
-    for span, (numbers, _) in zip(spans, _sample_selection(spans, starts, info, sampler), strict=True):
+    for span, numbers in zip(spans, plans, strict=True):
         rgb = raw[at : at + len(numbers)]
         at += len(numbers)
-        out.append(frames_from_samples(rgb, numbers[: len(rgb)], sampler, size, span.num_frames / info.fps))
+        out.append(frames_from_samples(rgb, numbers, sampler, size, span.num_frames / info.fps))
     return out
 
 

@@ -111,6 +111,7 @@ def test_run_json(run):
     assert written["counts"]["clips_kept"] == len(shard_samples(OutputLayout(str(out))))
     assert written["throughput"]["video_s_per_wall_s"] > 0
     assert written["counts"]["drop_reasons"]["duration<2"] >= 1
+    assert "transcode_failed" not in written["counts"]["drop_reasons"]
 
 
 def test_rerun_skips_done_tasks_and_changed_config_is_refused(run, inputs, tiny_aesthetic):

@@ -149,3 +149,23 @@ def test_audio_is_dropped_by_default_and_kept_on_request(two_shot_video, tmp_pat
         assert len(audio) == int(keep)
         if keep:
             assert float(audio[0]["duration"]) == pytest.approx(clip.duration_s, abs=0.05)
+
+
+def test_a_full_group_of_clips_gets_its_samples_from_the_one_decode(tmp_path):
+    """32 clips in one ffmpeg process: every select expression stays within ffmpeg's limits."""
+    from curation.clips import ClipSpan
+    from curation.curate_config import TranscodeConfig
+    from curation.frames import sample_plan
+    from curation.scoring_config import FrameSamplerConfig
+    from curation.synthetic import Shot, VideoSpec, make_video
+    from curation.transcode import transcode_group
+
+    source = make_video(tmp_path / "long.mp4", VideoSpec([Shot("testsrc2", 32 * 30)], 160, 120))
+    info = probe(str(source), 2.0)
+    spans = [ClipSpan(k, 30 * k + 2, 30 * k + 28, True) for k in range(32)]
+    sampler = FrameSamplerConfig()
+    clips = transcode_group(str(source), info, spans, TranscodeConfig(), sampler)
+    assert [c.num_frames for c in clips] == [26] * 32
+    for clip in clips:
+        numbers, _ = sample_plan(26, info.fps, sampler)
+        assert clip.samples is not None and len(clip.samples.rgb) == len(numbers) == 3
