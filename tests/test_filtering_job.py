@@ -65,7 +65,8 @@ def test_rules_drop_still_and_dark_clips_and_keep_them_for_inspection(
 
     assert run["filters"]["drops_by_rule"] == {"brightness<0.08": 1, "motion<0.0012": 1, "sharpness<20": 0}
     assert run["scores"]["motion"]["count"] == 3
-    assert run["scores"]["motion"]["min"] == pytest.approx(rows["still"]["scores.motion"])
+    assert run["scores"]["motion"]["min"] == pytest.approx(min(r["scores.motion"] for r in rows.values()))
+    assert run["scores"]["motion"]["max"] == pytest.approx(rows["moving"]["scores.motion"])
 
     embeddings = pq.read_table(out / "manifest" / "embeddings").to_pylist()
     assert {e["clip_id"] for e in embeddings} == {r["clip_id"] for r in rows.values()}
