@@ -96,6 +96,9 @@ class TranscodeConfig:
     crf: int = 22
     preset: str = "veryfast"
     keep_audio: bool = False
+    crop_bars: bool = False
+    """Crop letterbox/pillarbox bars away (one box per video, found on the detection frames with
+    `scoring.frames.bar_level`). Clips of such a video are then encoded once detection is done."""
     clips_per_process: int = 32
     """Most clips cut by one ffmpeg process: the source is decoded (and encoded) once for all of them."""
     seconds_per_process: float = 60.0

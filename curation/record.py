@@ -113,6 +113,10 @@ VIDEO_SCHEMA = pa.schema(
         ("variable_frame_rate", pa.bool_()),
         ("bit_rate", pa.int64()),
         ("container", pa.string()),
+        ("crop_x", pa.int32()),  # the picture kept by transcode.crop_bars, in display pixels
+        ("crop_y", pa.int32()),
+        ("crop_w", pa.int32()),
+        ("crop_h", pa.int32()),
         ("num_shots", pa.int32()),
         ("num_clips", pa.int32()),
         ("num_kept", pa.int32()),

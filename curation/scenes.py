@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import cv2
 import ffmpeg
 import numpy as np
 from scenedetect import AdaptiveDetector, ContentDetector
@@ -24,6 +25,9 @@ from curation.curate_config import SceneConfig
 from curation.errors import InputRejected
 from curation.probe import VideoInfo
 
+GREY_SAMPLES_PER_S = 2
+MAX_GREY_SAMPLES = 600
+
 
 @dataclass(frozen=True)
 class SceneResult:
@@ -31,6 +35,7 @@ class SceneResult:
 
     shots: list[tuple[int, int]]
     decoded_frames: int
+    grey_samples: np.ndarray | None = None  # [N, h, w] uint8, about 2 per second, for bar detection
 
     @property
     def cuts(self) -> list[int]:
@@ -104,6 +109,8 @@ def detect_shots(
     detector = make_detector(cfg)
     shots = _ShotStream(on_shot)
     n = 0
+    grey: list[np.ndarray] = []
+    grey_every = max(1, round(info.fps / GREY_SAMPLES_PER_S))
     timed_out = threading.Event()
     with tempfile.TemporaryFile() as stderr:
         proc = subprocess.Popen(
@@ -122,6 +129,8 @@ def detect_shots(
                 frame = np.frombuffer(buf, np.uint8).reshape(size[1], size[0], 3)
                 for tc in detector.process_frame(FrameTimecode(n, info.fps), frame):
                     shots.cut(tc.frame_num)
+                if n % grey_every == 0 and len(grey) < MAX_GREY_SAMPLES:
+                    grey.append(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))
                 n += 1
             if n:
                 for tc in detector.post_process(FrameTimecode(n - 1, info.fps)):
@@ -142,4 +151,4 @@ def detect_shots(
         raise InputRejected("undecodable", last_line or "no frame could be decoded")
     if n < cfg.min_decoded_fraction * info.num_frames:
         raise InputRejected("truncated", f"decoded {n} of {info.num_frames} frames; {last_line}".rstrip("; "))
-    return SceneResult(shots=shots.end(n), decoded_frames=n)
+    return SceneResult(shots=shots.end(n), decoded_frames=n, grey_samples=np.stack(grey))

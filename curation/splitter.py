@@ -19,7 +19,7 @@ from curation import ffmpeg_tools, storage
 from curation.clips import ClipSpan, clip_id, plan_clips
 from curation.curate_config import CurateConfig
 from curation.errors import InputRejected
-from curation.frames import SampledFrames
+from curation.frames import Box, SampledFrames, find_content_box
 from curation.inputs import Task
 from curation.probe import VideoInfo, probe
 from curation.record import ClipRecord
@@ -108,15 +108,18 @@ class ClipSplitter:
         row |= info.as_row()
         video = _PendingVideo(row, info, {}, [], 0.0)
         waiting: list[ClipSpan] = []
+        held: list[list[ClipSpan]] = []  # groups waiting for the crop box, known after detection
         shots_seen = 0
+        sampler = cfg.scoring.frames if cfg.scores_anything else None
+
+        def start(group: list[ClipSpan], crop: Box | None = None) -> None:
+            future = pool.submit(transcode_group, path, info, group, cfg.transcode, sampler, crop)
+            video.jobs.append((group, future))
 
         def submit() -> None:
             group = list(waiting)
             waiting.clear()
-            sampler = cfg.scoring.frames if cfg.scores_anything else None
-            video.jobs.append(
-                (group, pool.submit(transcode_group, path, info, group, cfg.transcode, sampler))
-            )
+            held.append(group) if cfg.transcode.crop_bars else start(group)
 
         def on_shot(start: int, end: int) -> None:
             nonlocal shots_seen
@@ -140,6 +143,15 @@ class ClipSplitter:
             raise
         if waiting:
             submit()
+        if cfg.transcode.crop_bars:
+            box = find_content_box(
+                scenes.grey_samples, (info.width, info.height), cfg.scoring.frames.bar_level
+            )
+            crop = box.source if box else None
+            if crop is not None:
+                row |= {"crop_x": crop.x, "crop_y": crop.y, "crop_w": crop.w, "crop_h": crop.h}
+            for group in held:
+                start(group, crop)
         row["decoded_frames"] = scenes.decoded_frames
         row["num_shots"] = len(scenes.shots)
         return video

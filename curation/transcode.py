@@ -19,7 +19,7 @@ import numpy as np
 from curation import ffmpeg_tools
 from curation.clips import ClipSpan
 from curation.curate_config import TranscodeConfig
-from curation.frames import SampledFrames, frames_from_samples, sample_plan, sample_size
+from curation.frames import Box, SampledFrames, frames_from_samples, sample_plan, sample_size
 from curation.probe import VideoInfo
 from curation.scoring_config import FrameSamplerConfig
 
@@ -50,9 +50,8 @@ def even(x: float) -> int:
     return max(2, int(round(x / 2)) * 2)
 
 
-def output_size(info: VideoInfo, max_short_side: int | None) -> tuple[int, int]:
-    """Output (width, height): source size, downscaled to `max_short_side` if set, sides made even."""
-    w, h = info.width, info.height
+def output_size(w: int, h: int, max_short_side: int | None) -> tuple[int, int]:
+    """Output (width, height): the picture's size, downscaled to `max_short_side` if set, sides even."""
     scale = 1.0
     if max_short_side and min(w, h) > max_short_side:
         scale = max_short_side / min(w, h)
@@ -200,18 +199,23 @@ def transcode_group(
     spans: list[ClipSpan],
     cfg: TranscodeConfig,
     sampler: FrameSamplerConfig | None = None,
+    crop: Box | None = None,
 ) -> list[EncodedClip]:
     """Encode `spans` (kept clips of one source, in order) in one ffmpeg run that decodes the
     source once, from a seek to the group's first frame; with a `sampler`, the same decode also
-    yields each clip's scorer samples."""
+    yields each clip's scorer samples. `crop` (display pixels) cuts bars away first."""
     first = spans[0].start_frame
     seek = max(0.0, (first - SEEK_MARGIN_FRAMES) / info.fps) if first else 0.0
     source = ffmpeg.input(path, ss=f"{seek:.6f}") if first else ffmpeg.input(path)
     video = source.video
     if info.variable_frame_rate:  # the constant-rate timeline the shots were detected on
         video = video.filter("fps", info.fps_rational)
+    picture = (info.width, info.height)
+    if crop is not None:
+        picture = (crop.w // 2 * 2, crop.h // 2 * 2)
+        video = video.filter("crop", picture[0], picture[1], crop.x, crop.y)
     audio = source.audio if cfg.keep_audio and info.has_audio else None
-    size = output_size(info, cfg.max_short_side)
+    size = output_size(*picture, cfg.max_short_side)
     thumb = thumbnail_size(size, cfg.thumbnail_short_side)
     build = _per_clip_outputs if cfg.fps else _concatenated_outputs
     with tempfile.TemporaryDirectory(prefix="reelmill-cut-") as tmp:

@@ -169,3 +169,24 @@ def test_a_full_group_of_clips_gets_its_samples_from_the_one_decode(tmp_path):
     for clip in clips:
         numbers, _ = sample_plan(26, info.fps, sampler)
         assert clip.samples is not None and len(clip.samples.rgb) == len(numbers) == 3
+
+
+def test_letterbox_bars_are_found_and_cropped_away_on_request(tmp_path):
+    from curation.synthetic import Shot, VideoSpec, make_video
+
+    boxed = "testsrc2=size=320x180:rate={r},pad=320:240:0:30:black"
+    source = make_video(tmp_path / "letterbox.mp4", VideoSpec([Shot(boxed, 100)], 320, 240))
+    for crop in (False, True):
+        cfg = CurateConfig()
+        cfg.transcode.crop_bars = crop
+        result = ClipSplitter(cfg).run(Task(0, (str(source),)))
+        clip = next(c for c in result.clips if c.kept)
+        row = result.videos[0]
+        if not crop:
+            assert (clip.width, clip.height) == (320, 240) and row.get("crop_h") is None
+            continue
+        assert (row["crop_x"], row["crop_w"]) == (0, 320)
+        assert abs(row["crop_y"] - 30) <= 2 and abs(row["crop_h"] - 180) <= 2
+        assert clip.width == 320 and abs(clip.height - 180) <= 2
+        frames = decode_frames(_to_file(result.media[clip.clip_id]["mp4"]), 64, 36)
+        assert frames[:, :2].mean() > 40 and frames[:, -2:].mean() > 40  # no black rows left
