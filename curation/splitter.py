@@ -82,9 +82,7 @@ class ClipSplitter:
                 try:
                     row["size_bytes"] = storage.size(uri) if storage.exists(uri) else None
                     path = stack.enter_context(storage.local_copy(uri))
-                    video = self._start_video(path, uri, row, pool, task.task_id)
-                    video.started = started
-                    pending.append(video)
+                    pending.append(self._start_video(path, uri, row, pool, task.task_id, started))
                 except InputRejected as rejected:
                     row |= {"status": "error", "error": rejected.reason, "error_code": rejected.code}
                     row["processing_s"] = time.perf_counter() - started
@@ -100,13 +98,13 @@ class ClipSplitter:
         return result
 
     def _start_video(
-        self, path: str, uri: str, row: dict, pool: ThreadPoolExecutor, task_id: int
+        self, path: str, uri: str, row: dict, pool: ThreadPoolExecutor, task_id: int, started: float
     ) -> _PendingVideo:
         """Probe, then detect shots; clips are submitted for encoding as soon as their shot is final."""
         cfg = self.cfg
         info = probe(path, cfg.probe.min_duration_s, cfg.probe.timeout_s)
         row |= info.as_row()
-        video = _PendingVideo(row, info, {}, [], 0.0)
+        video = _PendingVideo(row, info, {}, [], started)
         waiting: list[ClipSpan] = []
         held: list[list[ClipSpan]] = []  # groups waiting for the crop box, known after detection
         shots_seen = 0
