@@ -13,7 +13,13 @@ from curation import ffmpeg_tools, synthetic
 from curation.synthetic import Shot, VideoSpec, shot_list
 
 # A video with a 0.32 s (8-frame) shot between two long ones, and other boundaries.
-MULTI_SHOT = VideoSpec(shot_list([70, 60, 8, 75, 55]), width=320, height=240, fps="25")
+# No `life` shot here: its churning cells sit near ContentDetector's threshold (the adaptive default copes).
+MULTI_SHOT = VideoSpec(
+    shot_list([70, 60, 8, 75, 55], cycle=("testsrc2", "mandelbrot", "bars", "gradients", "cellauto")),
+    width=320,
+    height=240,
+    fps="25",
+)
 
 
 @pytest.fixture(scope="session")
