@@ -116,6 +116,11 @@ def sample_stride(expected: int, max_frames: int) -> int:
     return max(3, math.ceil(expected / (max_frames // 2)))
 
 
+def kept_samples(expected: int, stride: int) -> list[int]:
+    """Sample numbers that survive thinning by `stride` (see `sample_stride`)."""
+    return [k for k in range(expected) if stride == 1 or k % stride < 2]
+
+
 def _edges(level: np.ndarray, spread: np.ndarray, dark: float, flat: float) -> tuple[float, float] | None:
     """Sub-pixel (start, end) of the picture along one axis, from per-line brightness, or None.
 
@@ -218,7 +223,7 @@ def sample_frames(
     if len(rgb) == 0:
         raise InputRejected("undecodable", "frame sampling: no frame decoded")
     rgb = rgb[: cfg.max_frames]
-    kept = [k for k in range(stride * (len(rgb) + 2)) if stride == 1 or k % stride < 2][: len(rgb)]
+    kept = kept_samples(stride * (len(rgb) + 2), stride)[: len(rgb)]
     return frames_from_samples(rgb, kept, cfg, source_size, duration_s)
 
 
@@ -248,10 +253,6 @@ def sample_plan(num_frames: int, clip_fps: float, cfg: FrameSamplerConfig) -> tu
     step = clip_fps / cfg.fps
     expected = max(1, math.ceil(num_frames / step - 1e-6))
     stride = sample_stride(expected, cfg.max_frames)
-    numbers = [
-        k
-        for k in range(expected)
-        if (stride == 1 or k % stride < 2) and math.floor(k * step + 0.5) < num_frames
-    ]
+    numbers = [k for k in kept_samples(expected, stride) if math.floor(k * step + 0.5) < num_frames]
     numbers = numbers[: cfg.max_frames]
     return numbers, [math.floor(k * step + 0.5) for k in numbers]

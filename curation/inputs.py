@@ -100,7 +100,7 @@ def expand_inputs(inputs: list[str], extensions: list[str]) -> list[str]:
             matches = _expand_glob(item)
         elif not storage.exists(item):
             raise InputError(f"input {item!r} does not exist")
-        elif storage.filesystem(item)[0].get_file_info(storage.filesystem(item)[1]).is_file:
+        elif storage.is_file(item):
             matches = read_manifest(item) if _suffix(item) in MANIFEST_SUFFIXES else [item]
         else:
             matches = [u for u in storage.list_files(item) if _suffix(u) in exts]

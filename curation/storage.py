@@ -52,6 +52,11 @@ def exists(uri: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
+def is_file(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
 def size(uri: str) -> int:
     fs, path = filesystem(uri)
     return fs.get_file_info(path).size or 0

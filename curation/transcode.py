@@ -52,10 +52,15 @@ def even(x: float) -> int:
 
 def output_size(w: int, h: int, max_short_side: int | None) -> tuple[int, int]:
     """Output (width, height): the picture's size, downscaled to `max_short_side` if set, sides even."""
-    scale = 1.0
     if max_short_side and min(w, h) > max_short_side:
         scale = max_short_side / min(w, h)
-    return even(w * scale) if scale != 1.0 else w // 2 * 2, even(h * scale) if scale != 1.0 else h // 2 * 2
+        return even(w * scale), even(h * scale)
+    return w // 2 * 2, h // 2 * 2
+
+
+def concat_starts(spans: list[ClipSpan]) -> list[int]:
+    """Where each clip begins in the group's concatenated stream of kept frames."""
+    return list(itertools.accumulate((s.num_frames for s in spans[:-1]), initial=0))
 
 
 def thumbnail_size(size: tuple[int, int], short_side: int) -> tuple[int, int]:
@@ -72,34 +77,41 @@ def _thumb_name(k: int) -> str:
     return f"t_{k:05d}.jpg"
 
 
-def _sample_selection(spans: list[ClipSpan], starts: list[int], info: VideoInfo, sampler: FrameSamplerConfig):
-    """The select expression that picks every clip's scorer samples from the concatenated stream,
-    and per clip the sample numbers it yields; None when one arithmetic term per clip cannot say it
-    (sampling faster than the clip's rate, or long clips thinned to pairs): the scoring stage then
-    decodes those clips itself. ffmpeg parses at most 100 terms in a sum, hence one term per clip."""
+@dataclass(frozen=True)
+class SampleSelection:
+    """Which frames of a group's concatenated stream the scorers get, and at what size."""
+
+    expression: str  # an ffmpeg select expression, one term per clip
+    plans: list[list[int]]  # per clip, the sample numbers (k: taken at k / fps seconds) it yields
+    size: tuple[int, int]
+    sampler: FrameSamplerConfig
+
+
+def sample_selection(
+    spans: list[ClipSpan], info: VideoInfo, size: tuple[int, int], sampler: FrameSamplerConfig
+) -> SampleSelection | None:
+    """The scorer samples of every clip, as one arithmetic select term per clip (ffmpeg parses at
+    most 100 terms in a sum); None when such a term cannot say it (sampling faster than the clip's
+    rate, or long clips thinned to pairs): the scoring stage then decodes those clips itself."""
     step = info.fps / sampler.fps
     plans, terms = [], []
-    for start, span in zip(starts, spans, strict=True):
+    for start, span in zip(concat_starts(spans), spans, strict=True):
         numbers, _ = sample_plan(span.num_frames, info.fps, sampler)
         if step < 1 or numbers != list(range(len(numbers))):
             return None
         plans.append(numbers)
         # frames nearest to k * step after the clip's first frame: n - start in [k*step - 0.5, k*step + 0.5)
         terms.append(f"between(n,{start},{start + span.num_frames - 1})*lt(mod(n-{start}+0.5,{step:.9g}),1)")
-    return "+".join(terms), plans
+    return SampleSelection("+".join(terms), plans, sample_size(size, sampler.short_side), sampler)
 
 
-def _concatenated_outputs(video, audio, spans, first, seek, info, cfg, size, thumb, tmp, sampler) -> list:
+def _concatenated_outputs(video, audio, spans, first, seek, info, cfg, size, thumb, tmp, selection) -> list:
     """One encoder for the whole group: the kept frames are selected and laid end to end, a keyframe
     is forced at every clip's first frame, and the segment muxer splits the stream there. x264 then
     runs in its efficient steady state instead of starting (and flushing) once per clip."""
-    starts, total = [], 0
-    for span in spans:
-        starts.append(total)
-        total += span.num_frames
+    starts = concat_starts(spans)
     keep = "+".join(f"between(n,{s.start_frame - first},{s.end_frame - first - 1})" for s in spans)
     video = video.filter("select", keep).filter("setpts", f"N/({info.fps_rational})/TB")
-    selection = _sample_selection(spans, starts, info, sampler) if sampler else None
     split = video.filter_multi_output("split", 3 if selection else 2)
     encode, stills = split[0], split[1]
     encode = encode.filter("scale", size[0], size[1]).filter("setsar", 1)
@@ -133,18 +145,17 @@ def _concatenated_outputs(video, audio, spans, first, seek, info, cfg, size, thu
         ),
     ]
     if selection:  # the scorers' frames come from this same decode
-        small = sample_size(size, sampler.short_side)
-        samples = split[2].filter("select", selection[0])
-        samples = samples.filter("scale", small[0], small[1], flags="area").filter("setsar", 1)
+        samples = split[2].filter("select", selection.expression)
+        samples = samples.filter("scale", *selection.size, flags="area").filter("setsar", 1)
         raw = {"format": "rawvideo", "pix_fmt": "rgb24", "fps_mode": "passthrough"}
         outputs.append(ffmpeg.output(samples, os.path.join(tmp, SAMPLES), **raw))
     return outputs
 
 
-def _per_clip_outputs(video, audio, spans, first, seek, info, cfg, size, thumb, tmp, sampler) -> list:
+def _per_clip_outputs(video, audio, spans, first, seek, info, cfg, size, thumb, tmp, selection) -> list:
     """One trimmed branch and encoder per clip: needed when resampling the frame rate, where clip
     boundaries must not be blurred by the fps filter working across them. No scorer samples are
-    taken here (`sampler` is ignored): the scoring stage decodes such clips once itself."""
+    taken here (`selection` is None): the scoring stage decodes such clips once itself."""
     branches = video.filter_multi_output("split", 2 * len(spans))
     audio_branches = audio.filter_multi_output("asplit", len(spans)) if audio is not None else None
     encoder = {"vcodec": "libx264", "preset": cfg.preset, "crf": cfg.crf, "pix_fmt": "yuv420p"}
@@ -172,24 +183,22 @@ def _per_clip_outputs(video, audio, spans, first, seek, info, cfg, size, thumb, 
     return outputs
 
 
-def _read_samples(tmp: str, spans, info, size, sampler) -> list[SampledFrames | None]:
+def _read_samples(
+    tmp: str, spans, info, size, selection: SampleSelection | None
+) -> list[SampledFrames | None]:
     """Split the raw sample file back into each clip's SampledFrames."""
-    path = os.path.join(tmp, SAMPLES)
-    if not sampler or not os.path.exists(path):
+    if selection is None:
         return [None] * len(spans)
-    small = sample_size(size, sampler.short_side)
-    raw = np.fromfile(path, np.uint8).reshape(-1, small[1], small[0], 3)
-    starts = list(itertools.accumulate((s.num_frames for s in spans[:-1]), initial=0))
-    _, plans = _sample_selection(spans, starts, info, sampler)
-    if len(raw) != sum(len(p) for p in plans):
-        raise ffmpeg_tools.FFmpegError(
-            f"expected {sum(len(p) for p in plans)} scorer samples, got {len(raw)}"
-        )
+    w, h = selection.size
+    raw = np.fromfile(os.path.join(tmp, SAMPLES), np.uint8).reshape(-1, h, w, 3)
+    expected = sum(len(p) for p in selection.plans)
+    if len(raw) != expected:
+        raise ffmpeg_tools.FFmpegError(f"expected {expected} scorer samples, got {len(raw)}")
     out, at = [], 0
-    for span, numbers in zip(spans, plans, strict=True):
+    for span, numbers in zip(spans, selection.plans, strict=True):
         rgb = raw[at : at + len(numbers)]
         at += len(numbers)
-        out.append(frames_from_samples(rgb, numbers, sampler, size, span.num_frames / info.fps))
+        out.append(frames_from_samples(rgb, numbers, selection.sampler, size, span.num_frames / info.fps))
     return out
 
 
@@ -218,13 +227,14 @@ def transcode_group(
     size = output_size(*picture, cfg.max_short_side)
     thumb = thumbnail_size(size, cfg.thumbnail_short_side)
     build = _per_clip_outputs if cfg.fps else _concatenated_outputs
+    selection = sample_selection(spans, info, size, sampler) if sampler and not cfg.fps else None
     with tempfile.TemporaryDirectory(prefix="reelmill-cut-") as tmp:
-        outputs = build(video, audio, spans, first, seek, info, cfg, size, thumb, tmp, sampler)
+        outputs = build(video, audio, spans, first, seek, info, cfg, size, thumb, tmp, selection)
         ffmpeg_tools.run_stream(ffmpeg.merge_outputs(*outputs), cfg.timeout_s)
         written = sorted(n for n in os.listdir(tmp) if n.endswith(".mp4"))
         if len(written) != len(spans):
             raise ffmpeg_tools.FFmpegError(f"expected {len(spans)} clips from ffmpeg, got {len(written)}")
-        samples = _read_samples(tmp, spans, info, size, sampler)
+        samples = _read_samples(tmp, spans, info, size, selection)
         results = []
         for k, span in enumerate(spans):
             mp4_path = os.path.join(tmp, _clip_name(k))
