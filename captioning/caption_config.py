@@ -9,7 +9,8 @@ report. Every threshold of those decisions lives here.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 from curation.config import check
 
@@ -79,3 +80,95 @@ class CaptionParseConfig:
             raise ValueError(f"clip duration must be a positive number of seconds, got {duration_s!r}")
         by_length = min(self.max_required_segments, math.floor(duration_s / self.seconds_per_segment))
         return max(self.min_segments, by_length)
+
+
+VLM_PREFIX = "captioning.vlm"
+
+
+@dataclass
+class VLMConfig:
+    """Which vision-language model writes the captions, and how it runs (transformers)."""
+
+    model: str = "Qwen/Qwen2.5-VL-3B-Instruct"
+    """Hub id or local directory, loaded with AutoModelForImageTextToText + AutoProcessor. Qwen2.5-VL
+    encodes the absolute time of video frames; SmolVLM2, LLaVA-OneVision and Qwen3-VL load too."""
+    revision: str | None = None
+    local_files_only: bool = False
+    """Never reach the hub (use the local cache or directory only)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: the GPU when the actor was given one, else the CPU."""
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    """auto: bfloat16 on GPU, float32 on CPU."""
+    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = "auto"
+    """auto: flash_attention_2 on GPU when the flash-attn package is installed, else SDPA."""
+    batch_size: int = 8
+    """Videos per generate call (left-padded)."""
+    max_new_tokens: int = 512
+    seed: int = 0
+    """Seed of the sampled retries, so a rerun writes the same captions."""
+
+    def __post_init__(self):
+        check(bool(self.model), f"{VLM_PREFIX}.model", "must name a hub id or a local directory")
+        check(self.batch_size >= 1, f"{VLM_PREFIX}.batch_size", "must be >= 1")
+        check(self.max_new_tokens >= 16, f"{VLM_PREFIX}.max_new_tokens", "must be >= 16")
+
+
+@dataclass
+class CaptionFramesConfig:
+    """The frames the VLM sees, prepared on CPU ahead of the model."""
+
+    fps: float = 2.0
+    """Frames per second of clip time given to the model (with their real timestamps)."""
+    max_frames: int = 32
+    """Most frames per window; a window that would have more is sampled evenly at a lower rate."""
+    max_pixels: int = 360 * 640
+    """Frames are downscaled (aspect kept) to at most this many pixels; the processor may resize further."""
+    window_s: float = 16.0
+    """Clips longer than this are captioned in windows of at most this length (equal parts); their
+    segments are shifted to clip time and merged, their summaries joined."""
+    timeout_s: float = 600.0
+
+    def __post_init__(self):
+        check(math.isfinite(self.fps) and self.fps > 0, "captioning.frames.fps", "must be > 0")
+        check(self.max_frames >= 2, "captioning.frames.max_frames", "must be >= 2")
+        check(self.max_pixels >= 28 * 28, "captioning.frames.max_pixels", "must be >= 784")
+        check(self.window_s >= 1.0, "captioning.frames.window_s", "must be >= 1")
+
+
+@dataclass
+class CaptionConfig:
+    """The captioning stage: dense temporal captions for every kept clip."""
+
+    enabled: bool = True
+    prompt_id: str = "dense_v1"
+    """A prompt file stem under captioning/prompts/ (stored with every caption)."""
+    vlm: VLMConfig = field(default_factory=VLMConfig)
+    frames: CaptionFramesConfig = field(default_factory=CaptionFramesConfig)
+    parse: CaptionParseConfig = field(default_factory=CaptionParseConfig)
+    attempts: int = 3
+    """Generations per clip before it counts as failed: the first greedy, the rest sampled."""
+    retry_temperature: float = 0.7
+    retry_top_p: float = 0.9
+    on_failure: Literal["drop", "keep"] = "drop"
+    """drop: the clip is dropped with reason `caption_failed`; keep: it is kept uncaptioned. Either way
+    the failure is in the record's `errors`."""
+    actors: int = 1
+    """Model copies (Ray actors)."""
+    num_gpus: float = 0.0
+    """GPUs per actor."""
+    cpus: float = 1.0
+    """CPUs per actor."""
+    memory_gb: float = 4.0
+    """Memory reserved per actor (the model, its batches)."""
+    prep_cpus: float = 1.0
+    """CPUs per frame-preparation task."""
+
+    def __post_init__(self):
+        check(self.attempts >= 1, "captioning.attempts", "must be >= 1")
+        check(self.retry_temperature > 0, "captioning.retry_temperature", "must be > 0")
+        check(0 < self.retry_top_p <= 1, "captioning.retry_top_p", "must be in (0, 1]")
+        check(self.actors >= 1, "captioning.actors", "must be >= 1")
+        check(self.num_gpus >= 0, "captioning.num_gpus", "must be >= 0")
+        check(self.cpus > 0, "captioning.cpus", "must be > 0")
+        check(self.memory_gb > 0, "captioning.memory_gb", "must be > 0")
+        check(self.prep_cpus > 0, "captioning.prep_cpus", "must be > 0")

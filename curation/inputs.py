@@ -8,6 +8,7 @@ the same names.
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -117,3 +118,49 @@ def make_tasks(uris: list[str], videos_per_task: int) -> list[Task]:
         Task(i, tuple(uris[start : start + videos_per_task]))
         for i, start in enumerate(range(0, len(uris), videos_per_task))
     ]
+
+
+def expand_shards(inputs: list[str]) -> list[str]:
+    """Webdataset shard URLs from directories (their `*.tar`, or a run's `shards/`), globs, brace
+    patterns (`shard-{000..009}.tar`), single files, remote URIs and `pipe:` commands, in order."""
+    from braceexpand import braceexpand
+
+    found: list[str] = []
+    for item in inputs:
+        for spec in braceexpand(item) if not item.startswith("pipe:") else [item]:
+            if spec.startswith("pipe:"):
+                matches = [spec]
+            elif GLOB_CHARS & set(spec):
+                matches = sorted(_expand_glob(spec))
+            elif not storage.exists(spec):
+                raise InputError(f"input {spec!r} does not exist")
+            elif storage.is_file(spec):
+                matches = [spec]
+            else:
+                matches = [u for u in storage.list_files(spec, recursive=False) if _suffix(u) == ".tar"]
+                if not matches:  # a curate or recaption OUT: its shards
+                    inner = storage.join(spec, "shards")
+                    matches = [u for u in storage.list_files(inner, recursive=False) if _suffix(u) == ".tar"]
+            if not matches:
+                raise InputError(f"input {spec!r} matches no .tar shards")
+            found.extend(
+                os.path.abspath(u) if storage.is_local(u) and not u.startswith("pipe:") else u
+                for u in matches
+            )
+    return list(dict.fromkeys(found))  # in the order given, each once
+
+
+def in_sample(key: str, fraction: float, seed: int = 0) -> bool:
+    """Whether `key` falls in a deterministic `fraction` of all keys (the same on every rerun)."""
+    if fraction >= 1.0:
+        return True
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def check_subset(sample: float | None, limit: int | None) -> None:
+    """Validate `--sample` and `--limit`."""
+    if sample is not None and not 0 < sample <= 1:
+        raise InputError(f"--sample must be in (0, 1], got {sample}")
+    if limit is not None and limit < 1:
+        raise InputError(f"--limit must be >= 1, got {limit}")

@@ -38,6 +38,11 @@ class OutputLayout:
         return self.path("manifest", "embeddings")
 
     @property
+    def shards_manifest(self) -> str:
+        """`recaption`: one row per input shard."""
+        return self.path("manifest", "shards")
+
+    @property
     def markers(self) -> str:
         return self.path("_markers")
 

@@ -48,15 +48,27 @@ class ClipRecord:
 
     def to_row(self) -> dict:
         """The flattened manifest row (see CLIP_SCHEMA)."""
-        row = {k: v for k, v in asdict(self).items() if k not in ("scores", "caption", "caption_metrics")}
-        row.update({f"scores.{name}": self.scores.get(name) for name in SCORE_NAMES})
-        caption = self.caption or {}
-        row["caption.summary"] = caption.get("summary")
-        row["caption.segments"] = caption.get("segments")
-        row["caption.model"] = caption.get("model")
-        row["caption.prompt_id"] = caption.get("prompt_id")
-        row["caption_metrics"] = json.dumps(self.caption_metrics) if self.caption_metrics else None
-        return row
+        return flatten_record(asdict(self))
+
+
+def flatten_record(record: dict) -> dict:
+    """A clip record (as in `KEY.json`) as a manifest row: scores and caption fields as dotted columns.
+
+    Fields the record lacks (a shard from elsewhere) become nulls; `caption_metrics` is kept as JSON.
+    """
+    row = {
+        k: v for k, v in record.items() if k not in ("scores", "caption", "caption_metrics", "caption_prev")
+    }
+    scores = record.get("scores") or {}
+    row.update({f"scores.{name}": scores.get(name) for name in SCORE_NAMES})
+    caption = record.get("caption") or {}
+    for name in ("summary", "segments", "model", "prompt_id"):
+        row[f"caption.{name}"] = caption.get(name)
+    metrics = record.get("caption_metrics")
+    row["caption_metrics"] = json.dumps(metrics) if metrics else None
+    if record.get("caption_prev") is not None:
+        row["caption_prev"] = json.dumps(record["caption_prev"])
+    return row
 
 
 SEGMENT_TYPE = pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("text", pa.string())])
@@ -88,6 +100,30 @@ CLIP_SCHEMA = pa.schema(
         ("caption.model", pa.string()),
         ("caption.prompt_id", pa.string()),
         ("caption_metrics", pa.string()),
+    ]
+)
+
+# `recaption`'s clip manifest: the clip record's columns, where the sample came from, the caption it replaced.
+RECAPTION_SCHEMA = pa.schema(
+    [
+        *CLIP_SCHEMA,
+        ("key", pa.string()),
+        ("input_shard", pa.string()),
+        ("caption_prev", pa.string()),  # JSON: the previous `caption`, or {"text": ...} from a KEY.txt
+    ]
+)
+
+# `recaption`'s input manifest: one row per input shard.
+SHARD_SCHEMA = pa.schema(
+    [
+        ("uri", pa.string()),
+        ("task_id", pa.int64()),
+        ("status", pa.string()),  # ok | error
+        ("error", pa.string()),
+        ("samples", pa.int64()),
+        ("selected", pa.int64()),
+        ("captioned", pa.int64()),
+        ("failed", pa.int64()),
     ]
 )
 

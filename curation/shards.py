@@ -3,7 +3,8 @@
 Each part is written under a temporary name and renamed when complete, so a crash never leaves a
 half-written shard under a real name. The tar layout is webdataset's (`KEY.EXT` members, a sample's
 members adjacent); it is written with the standard library's tarfile, which keeps torch (imported
-by the webdataset package) out of the CPU workers.
+by the webdataset package) out of the CPU workers. Shards from anywhere are read back with
+webdataset's own tar iterator and key grouping (`read_samples`).
 """
 
 from __future__ import annotations
@@ -86,3 +87,61 @@ class TaskShardWriter:
             self.close()
         elif self._stack is not None:  # discard the unfinished part
             self._stack.__exit__(exc_type, exc, tb)
+
+
+VIDEO_MEMBERS = ("mp4", "webm", "mkv", "mov", "avi")
+"""Member extensions taken as a sample's video, in order of preference."""
+
+
+def open_shard(uri: str):
+    """A readable byte stream of a shard: `pipe:CMD` through webdataset's gopen, else pyarrow/fsspec."""
+    if uri.startswith("pipe:"):
+        from webdataset.gopen import gopen
+
+        return gopen(uri, "rb")
+    fs, path = storage.filesystem(uri)
+    return fs.open_input_stream(path)
+
+
+def read_samples(uri: str) -> list[dict]:
+    """Every sample of a webdataset shard, grouped by key the way webdataset groups them.
+
+    A sample is `{"__key__": key, EXT: bytes, ...}` with its members in file order and their names
+    as written (not lower-cased), so a shard can be rewritten member for member. Raises
+    `tarfile.TarError`, `OSError` or `ValueError` (a duplicate member) when the shard is unreadable.
+    """
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    with open_shard(uri) as stream:
+        files = tar_file_expander([{"url": uri, "stream": stream}])
+        samples = [dict(s) for s in group_by_keys(files, lcase=False)]
+    for sample in samples:
+        sample.pop("__url__", None)
+        sample.pop("__local_path__", None)
+    return samples
+
+
+def video_member(sample: dict) -> str | None:
+    """The name (extension) of the sample's video member, if it has one."""
+    by_lower = {k.lower(): k for k in sample if not k.startswith("__")}
+    return next((by_lower[ext] for ext in VIDEO_MEMBERS if ext in by_lower), None)
+
+
+def list_keys(uri: str) -> list[str]:
+    """The sample keys of a shard in order, from the tar headers (a local file is not read through)."""
+    import tarfile
+
+    from webdataset.tariterators import base_plus_ext
+
+    keys: list[str] = []
+    if storage.is_local(uri) and not uri.startswith("pipe:"):
+        with tarfile.open(storage.local_path(uri), "r:*") as tar:
+            names = [m.name for m in tar.getmembers() if m.isreg()]
+    else:
+        with open_shard(uri) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+            names = [m.name for m in tar if m.isreg()]
+    for name in names:
+        key, _ = base_plus_ext(name)
+        if key is not None and (not keys or keys[-1] != key):
+            keys.append(key)
+    return keys

@@ -24,7 +24,7 @@ from curation.shards import TaskShardWriter, task_prefix
 from curation.splitter import TaskResult
 
 
-def _parquet_bytes(rows: list[dict], schema) -> bytes:
+def parquet_bytes(rows: list[dict], schema) -> bytes:
     sink = io.BytesIO()
     pq.write_table(table(rows, schema), sink)
     return sink.getvalue()
@@ -37,7 +37,12 @@ def clear_task(layout: OutputLayout, task_id: int) -> None:
         for uri in storage.list_files(directory, recursive=False):
             if uri.rsplit("/", 1)[-1].startswith(task_prefix(task_id)):
                 storage.delete(uri)
-    for directory in (layout.videos_manifest, layout.clips_manifest, layout.embeddings_manifest):
+    for directory in (
+        layout.videos_manifest,
+        layout.clips_manifest,
+        layout.embeddings_manifest,
+        layout.shards_manifest,
+    ):
         storage.delete(layout.manifest_part(directory, task_id))
 
 
@@ -60,6 +65,13 @@ def task_summary(result: TaskResult, shards: list[str]) -> dict:
     }
 
 
+def apply_filters(result: TaskResult, clip_filter: ClipFilter) -> None:
+    """Apply the filter rules to every written clip that no earlier stage dropped (idempotent)."""
+    for record in result.clips:
+        if record.kept and record.clip_id in result.media:
+            record.kept, record.drop_reason = clip_filter(record.scores)
+
+
 def _embedding_rows(result: TaskResult) -> list[dict]:
     rows = []
     for clip_id, frames in sorted(result.embeddings.items()):
@@ -80,15 +92,10 @@ class TaskWriter:
         self.clip_filter = ClipFilter(cfg.filters)
         self.run_fingerprint = run_fingerprint
 
-    def _decide(self, result: TaskResult) -> None:
-        """Apply the filter rules to every written clip that no earlier stage dropped."""
-        for record in result.clips:
-            if record.kept and record.clip_id in result.media:
-                record.kept, record.drop_reason = self.clip_filter(record.scores)
-
-    def run(self, result: TaskResult) -> dict:
+    def run(self, result: TaskResult, extra: dict | None = None) -> dict:
+        """Write the task; `extra` (e.g. the captioning stats) joins its summary and marker."""
         layout, limits = self.layout, self.cfg.shards
-        self._decide(result)
+        apply_filters(result, self.clip_filter)
         clear_task(layout, result.task_id)
         with contextlib.ExitStack() as stack:
             shards = stack.enter_context(
@@ -109,14 +116,14 @@ class TaskWriter:
         if result.embeddings:
             storage.write_bytes(
                 layout.manifest_part(layout.embeddings_manifest, result.task_id),
-                _parquet_bytes(_embedding_rows(result), embedding_schema(self._embedding_dim(result))),
+                parquet_bytes(_embedding_rows(result), embedding_schema(self._embedding_dim(result))),
             )
         for directory, rows, schema in (
             (layout.videos_manifest, result.videos, VIDEO_SCHEMA),
             (layout.clips_manifest, [c.to_row() for c in result.clips], CLIP_SCHEMA),
         ):
-            storage.write_bytes(layout.manifest_part(directory, result.task_id), _parquet_bytes(rows, schema))
-        summary = task_summary(result, shards.written)
+            storage.write_bytes(layout.manifest_part(directory, result.task_id), parquet_bytes(rows, schema))
+        summary = task_summary(result, shards.written) | (extra or {})
         marker = {**summary, "run_fingerprint": self.run_fingerprint}
         storage.write_bytes(layout.marker(result.task_id), json.dumps(marker, indent=1).encode())
         return summary

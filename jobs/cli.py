@@ -6,8 +6,8 @@ import argparse
 import sys
 
 from curation import config as config_lib
-from curation.curate_config import CurateConfig
 from curation.inputs import InputError
+from jobs.job_configs import CurateJobConfig, RecaptionConfig
 
 
 def _add_curate(sub) -> None:
@@ -22,6 +22,27 @@ def _add_curate(sub) -> None:
         "--keep-dropped", action="store_true", help="also write filtered-out clips to OUT/dropped/"
     )
     p.add_argument("--num-cpus", type=int, help="CPUs for the embedded local Ray (default: all)")
+    _add_subset(p, "input videos")
+
+
+def _add_subset(p, what: str) -> None:
+    p.add_argument("--limit", type=int, help=f"process only the first N {what} (cost control)")
+    p.add_argument(
+        "--sample", type=float, metavar="FRACTION", help=f"process a deterministic fraction of the {what}"
+    )
+
+
+def _add_recaption(sub) -> None:
+    p = sub.add_parser("recaption", help="caption the clips of webdataset shards again (new model or prompt)")
+    p.add_argument(
+        "--input", "-i", nargs="+", required=True, help="shard files, directories, globs, {000..009} or URLs"
+    )
+    p.add_argument("--output", "-o", required=True, help="output directory or URI (OUT)")
+    p.add_argument("--config", default="default", help="preset name in configs/recaption/ or a YAML path")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--overwrite", action="store_true", help="discard what OUT holds and start over")
+    p.add_argument("--num-cpus", type=int, help="CPUs for the embedded local Ray (default: all)")
+    _add_subset(p, "samples")
 
 
 def _add_demo(sub) -> None:
@@ -34,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="reelmill", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_curate(sub)
+    _add_recaption(sub)
     _add_demo(sub)
     args = parser.parse_args(argv)
     from jobs.curate import ResumeRefused  # heavy imports (ray) only once arguments parse
@@ -47,8 +69,19 @@ def main(argv: list[str] | None = None) -> int:
                 overrides.append("shards.keep_dropped=true")
             if args.videos_per_task is not None:
                 overrides.append(f"input.videos_per_task={args.videos_per_task}")
-            cfg = config_lib.load(CurateConfig, "curate", args.config, overrides)
-            run_curate(args.input, args.output, cfg, overwrite=args.overwrite, num_cpus=args.num_cpus)
+            cfg = config_lib.load(CurateJobConfig, "curate", args.config, overrides)
+            run_curate(
+                args.input, args.output, cfg, overwrite=args.overwrite, num_cpus=args.num_cpus,
+                limit=args.limit, sample=args.sample,
+            )  # fmt: skip
+        elif args.command == "recaption":
+            from jobs.recaption import run_recaption
+
+            cfg = config_lib.load(RecaptionConfig, "recaption", args.config, args.overrides)
+            run_recaption(
+                args.input, args.output, cfg, overwrite=args.overwrite, num_cpus=args.num_cpus,
+                limit=args.limit, sample=args.sample,
+            )  # fmt: skip
         elif args.command == "demo":
             from jobs.demo import run_demo
 

@@ -1,8 +1,10 @@
 """`reelmill curate`: raw videos in, webdataset clip shards and manifests out, on Ray Data.
 
 The Ray Data pipeline has one row per task: a map of CPU tasks runs the split stage (probe, scene
-detection, cut and encode), a second map writes the task's shards, manifest parts and completion
-marker. Completed tasks are skipped on a rerun; the run refuses to resume under another config.
+detection, cut and encode), then the scorers (CPU tasks, then the aesthetic actor pool), then the
+filters and the caption frames (CPU tasks) and the VLM (an actor pool), and a last map writes the
+task's shards, manifest parts and completion marker. Completed tasks are skipped on a rerun; the
+run refuses to resume under another config.
 """
 
 from __future__ import annotations
@@ -19,15 +21,17 @@ from datetime import UTC, datetime
 import numpy as np
 import ray
 
+from captioning.stage import apply_to_clip
 from curation import config as config_lib
 from curation import ffmpeg_tools, storage
-from curation.curate_config import CurateConfig
-from curation.filters import rule_reasons
-from curation.inputs import Task, expand_inputs, make_tasks
+from curation.filters import ClipFilter, rule_reasons
+from curation.inputs import Task, check_subset, expand_inputs, in_sample, make_tasks
 from curation.layout import OutputLayout
 from curation.scoring_stage import CpuScoringStage
 from curation.splitter import ClipSplitter
-from curation.writer import TaskWriter
+from curation.writer import TaskWriter, apply_filters
+from jobs.captioning_stage import add_caption_actors, caption_report, check_captioning, prep_columns
+from jobs.job_configs import CurateJobConfig
 from jobs.ray_runtime import ray_session
 from jobs.run_info import versions
 
@@ -69,14 +73,14 @@ def prepare_output(layout: OutputLayout, spec: dict, overwrite: bool) -> None:
     storage.write_bytes(layout.spec, json.dumps(spec, indent=1, sort_keys=True).encode())
 
 
-def _split_row(row: dict, cfg: CurateConfig) -> dict:
+def _split_row(row: dict, cfg: CurateJobConfig) -> dict:
     task: Task = pickle.loads(row["task"])
     # the whole task travels as one pickled value: clip records are nested and sparsely filled,
     # which Arrow would otherwise have to infer (and reconcile) block by block
     return {"task_id": task.task_id, "result": pickle.dumps(ClipSplitter(cfg).run(task))}
 
 
-def _cpu_score_row(row: dict, cfg: CurateConfig) -> dict:
+def _cpu_score_row(row: dict, cfg: CurateJobConfig) -> dict:
     result = CpuScoringStage(cfg).run(pickle.loads(row["result"]))
     return {"task_id": row["task_id"], "result": pickle.dumps(result)}
 
@@ -84,7 +88,7 @@ def _cpu_score_row(row: dict, cfg: CurateConfig) -> dict:
 class _AestheticActor:
     """Ray Data actor: the aesthetic models are loaded once, then score task after task."""
 
-    def __init__(self, cfg: CurateConfig):
+    def __init__(self, cfg: CurateJobConfig):
         from curation.scoring_stage import AestheticStage
 
         self.stage = AestheticStage(cfg)
@@ -94,18 +98,43 @@ class _AestheticActor:
         return {"task_id": list(batch["task_id"]), "result": results}
 
 
-def _write_row(row: dict, out: str, cfg: CurateConfig, fingerprint: str) -> dict:
+def _caption_prep_row(row: dict, cfg: CurateJobConfig) -> dict:
+    """Filter the task's clips, then decode the kept ones for the VLM (CPU, ahead of the model)."""
     result = pickle.loads(row["result"])
     result.samples.clear()  # scored already; nothing downstream reads them
+    apply_filters(result, ClipFilter(cfg.filters))
+    kept = [
+        (r.clip_id, result.media[r.clip_id]["mp4"])
+        for r in result.clips
+        if r.kept and r.clip_id in result.media
+    ]
+    return {"task_id": row["task_id"], "result": pickle.dumps(result), **prep_columns(kept, cfg.captioning)}
+
+
+def _write_row(row: dict, out: str, cfg: CurateJobConfig, fingerprint: str) -> dict:
+    result = pickle.loads(row["result"])
+    result.samples.clear()  # scored already; nothing downstream reads them
+    extra = {}
+    if "outcomes" in row:
+        records = {r.clip_id: r for r in result.clips}
+        for outcome in pickle.loads(row["outcomes"]):
+            record = records[outcome.key]
+            apply_to_clip(record, result.media[record.clip_id], outcome, cfg.captioning.on_failure)
+        extra["captioning"] = pickle.loads(row["caption_stats"])
     writer = TaskWriter(out, cfg, fingerprint)
-    return {"task_id": row["task_id"], "summary": json.dumps(writer.run(result))}
+    return {"task_id": row["task_id"], "summary": json.dumps(writer.run(result, extra))}
 
 
-def check_models(cfg: CurateConfig) -> None:
+def check_models(cfg: CurateJobConfig) -> None:
     """Fail before any work starts when a model the config asks for cannot be found."""
     aesthetic = cfg.scoring.aesthetic
-    if not aesthetic.enabled:
-        return
+    if aesthetic.enabled:
+        _check_aesthetic(cfg)
+    check_captioning(cfg.captioning)
+
+
+def _check_aesthetic(cfg: CurateJobConfig) -> None:
+    aesthetic = cfg.scoring.aesthetic
     if not aesthetic.head_weights:
         raise config_lib.ConfigError(
             "scoring.aesthetic.head_weights is not set: point it at the LAION aesthetic head "
@@ -118,8 +147,8 @@ def check_models(cfg: CurateConfig) -> None:
             raise config_lib.ConfigError(f"scoring.aesthetic.{key}: {path} does not exist")
 
 
-def build_pipeline(ds, output: str, cfg: CurateConfig, fingerprint: str):
-    """The curate pipeline on Ray Data, one row per task: split -> score -> write.
+def build_pipeline(ds, output: str, cfg: CurateJobConfig, fingerprint: str):
+    """The curate pipeline on Ray Data, one row per task: split -> score -> caption -> write.
 
     The aesthetic actors reserve memory (`resources.aesthetic_memory_gb`) and the CPU stages do
     not; besides placing the model, that keeps Ray Data from fusing the split into the actor pool,
@@ -139,6 +168,9 @@ def build_pipeline(ds, output: str, cfg: CurateConfig, fingerprint: str):
             num_gpus=scoring.aesthetic.num_gpus,
             memory=int(res.aesthetic_memory_gb * 2**30),
         )
+    if cfg.captioning.enabled:
+        ds = ds.map(functools.partial(_caption_prep_row, cfg=cfg), num_cpus=cfg.captioning.prep_cpus)
+        ds = add_caption_actors(ds, cfg.captioning)
     return ds.map(
         functools.partial(_write_row, out=output, cfg=cfg, fingerprint=fingerprint), num_cpus=res.write_cpus
     )
@@ -178,7 +210,7 @@ def score_distributions(layout: OutputLayout) -> dict[str, dict]:
     return out
 
 
-def rule_drops(cfg: CurateConfig, drop_reasons: dict[str, int]) -> dict[str, int]:
+def rule_drops(cfg: CurateJobConfig, drop_reasons: dict[str, int]) -> dict[str, int]:
     """Clips dropped by each configured filter rule, in rule order (zeros included)."""
     return {
         reason: drop_reasons.get(reason, 0) for rule in cfg.filters.rules for reason in rule_reasons(rule)
@@ -198,13 +230,18 @@ def summary_line(counts: dict, wall_s: float, out: str, models: str | None = Non
 def run_curate(
     inputs: list[str],
     output: str,
-    cfg: CurateConfig,
+    cfg: CurateJobConfig,
     overwrite: bool = False,
     num_cpus: int | None = None,
     log=print,
     models: str | None = None,
+    limit: int | None = None,
+    sample: float | None = None,
 ) -> dict:
     """Run the whole curate job; returns what it writes to run.json.
+
+    `sample` keeps a deterministic fraction of the input videos (by URI) and `limit` the first N of
+    them, to look at a subset's clips, captions and report before paying for the whole run.
 
     `models` labels the run's model weights in run.json and the summary (the demo passes
     "random-weights" when it had to stand in tiny random models for missing ones).
@@ -212,7 +249,8 @@ def run_curate(
     started = time.perf_counter()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     ffmpeg_tools.require_binaries()
-    uris = expand_inputs(inputs, cfg.input.extensions)
+    check_subset(sample, limit)
+    uris = [u for u in expand_inputs(inputs, cfg.input.extensions) if in_sample(u, sample or 1.0)][:limit]
     check_models(cfg)
     tasks = make_tasks(uris, cfg.input.videos_per_task)
     layout = OutputLayout(output)
@@ -222,6 +260,7 @@ def run_curate(
         "config_fingerprint": fingerprint,
         "inputs_fingerprint": hashlib.sha256("\n".join(uris).encode()).hexdigest()[:16],
         "num_inputs": len(uris),
+        "selection": {"sample": sample, "limit": limit},
     }
     prepare_output(layout, spec, overwrite)
     done = {tid for tid, m in layout.completed_markers().items() if m.get("run_fingerprint") == fingerprint}
@@ -269,7 +308,14 @@ def run_curate(
             "video_s_per_wall_s": seconds_now / wall if wall else 0.0,
             "clips_per_s": sum(s["clips"] for s in fresh) / wall if wall else 0.0,
         },
-        "models": models or ("pretrained" if cfg.scoring.aesthetic.enabled else "none"),
+        "captioning": caption_report(
+            cfg.captioning,
+            [m["captioning"] for t in tasks if "captioning" in (m := markers.get(t.task_id, {}))],
+            [s["captioning"] for s in fresh if "captioning" in s],
+            wall,
+        ),
+        "models": models
+        or ("pretrained" if cfg.scoring.aesthetic.enabled or cfg.captioning.enabled else "none"),
     }
     storage.write_bytes(layout.run_json, json.dumps(run, indent=1).encode())
     log(summary_line(counts, wall, output, models))

@@ -7,12 +7,12 @@ import os
 
 from curation import config as config_lib
 from curation import storage, synthetic
-from curation.curate_config import CurateConfig
 from curation.layout import OutputLayout
 from jobs.curate import run_curate
+from jobs.job_configs import CurateJobConfig
 
 
-def use_stand_in_models_if_missing(cfg: CurateConfig, directory: str) -> str | None:
+def use_stand_in_models_if_missing(cfg: CurateJobConfig, directory: str) -> str | None:
     """Point the config at tiny random-weight models where the default weights are missing.
 
     Returns "random-weights" when it did (and says so), None when the real weights are configured.
@@ -41,7 +41,7 @@ def run_demo(output: str, num_cpus: int | None = None) -> dict:
     if not os.path.isdir(samples) or not os.listdir(samples):
         print(f"reelmill demo: making sample videos in {samples} (ffmpeg lavfi)")
         synthetic.sample_set(samples)
-    cfg = config_lib.load(CurateConfig, "curate", "default", ["input.videos_per_task=2"])
+    cfg = config_lib.load(CurateJobConfig, "curate", "default", ["input.videos_per_task=2"])
     models = use_stand_in_models_if_missing(cfg, os.path.join(output, "models"))
     curated = os.path.join(output, "curated")
     run = run_curate([samples], curated, cfg, overwrite=True, num_cpus=num_cpus, models=models)

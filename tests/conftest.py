@@ -12,6 +12,9 @@ import ray
 from curation import ffmpeg_tools, synthetic
 from curation.synthetic import Shot, VideoSpec, shot_list
 
+# Tests never reach the model hub: every model is built here and loaded from a directory.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 # A video with a 0.32 s (8-frame) shot between two long ones, and other boundaries.
 # No `life` shot here: its churning cells sit near ContentDetector's threshold (the adaptive default copes).
 MULTI_SHOT = VideoSpec(
@@ -124,6 +127,35 @@ def tiny_aesthetic(tmp_path_factory) -> dict[str, str]:
 def model_overrides(models: dict[str, str]) -> list[str]:
     """`--set` assignments that point the aesthetic scorer at `models` on the CPU."""
     return [f"scoring.aesthetic.{k}={v}" for k, v in models.items()] + ["scoring.aesthetic.device=cpu"]
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_untrained(tmp_path_factory) -> str:
+    """A random-weight 2-layer Qwen2-VL saved to a directory: its answers are noise."""
+    from captioning.tiny_vlm import build_tiny_qwen2_vl
+
+    return build_tiny_qwen2_vl(tmp_path_factory.mktemp("tiny-vlm-untrained"))
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm(tmp_path_factory) -> str:
+    """The tiny Qwen2-VL fine-tuned (on CPU) to write `STAND_IN_ANSWER` for any video."""
+    from captioning.tiny_vlm import build_tiny_qwen2_vl, fit_answer
+
+    path = build_tiny_qwen2_vl(tmp_path_factory.mktemp("tiny-vlm"))
+    fit_answer(path)
+    return path
+
+
+def caption_overrides(model_dir: str) -> list[str]:
+    """`--set` assignments that caption with a tiny VLM in `model_dir`, small and fast on CPU."""
+    return [
+        f"captioning.vlm.model={model_dir}",
+        "captioning.vlm.device=cpu",
+        "captioning.vlm.max_new_tokens=96",
+        "captioning.frames.max_pixels=12544",
+        "captioning.memory_gb=1",
+    ]
 
 
 @pytest.fixture(scope="module")

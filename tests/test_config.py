@@ -3,20 +3,20 @@
 import pytest
 
 from curation import config
-from curation.curate_config import CurateConfig
+from jobs.job_configs import CurateJobConfig
 
 
 def test_default_preset_loads_and_overrides_apply():
-    cfg = config.load(CurateConfig, "curate", "default", ["clips.max_clip_s=6", "scenes.detector=content"])
+    cfg = config.load(CurateJobConfig, "curate", "default", ["clips.max_clip_s=6", "scenes.detector=content"])
     assert cfg.clips.max_clip_s == 6.0
     assert cfg.scenes.detector == "content"
     assert cfg.transcode.crf == 22
 
 
 def test_fast_preset_differs_from_default():
-    fast = config.load(CurateConfig, "curate", "fast")
+    fast = config.load(CurateJobConfig, "curate", "fast")
     assert fast.transcode.preset == "ultrafast"
-    assert config.fingerprint(fast) != config.fingerprint(config.load(CurateConfig, "curate", "default"))
+    assert config.fingerprint(fast) != config.fingerprint(config.load(CurateJobConfig, "curate", "default"))
 
 
 @pytest.mark.parametrize(
@@ -35,16 +35,16 @@ def test_fast_preset_differs_from_default():
 )
 def test_bad_keys_and_values_are_rejected_by_name(override, message):
     with pytest.raises(config.ConfigError) as err:
-        config.load(CurateConfig, "curate", "default", [override])
+        config.load(CurateJobConfig, "curate", "default", [override])
     assert message in str(err.value)
 
 
 def test_unknown_preset_lists_the_available_ones():
     with pytest.raises(config.ConfigError, match="default"):
-        config.load(CurateConfig, "curate", "no-such-preset")
+        config.load(CurateJobConfig, "curate", "no-such-preset")
 
 
 def test_yaml_file_path_is_accepted(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text("transcode:\n  max_short_side: 240\n")
-    assert config.load(CurateConfig, "curate", str(path)).transcode.max_short_side == 240
+    assert config.load(CurateJobConfig, "curate", str(path)).transcode.max_short_side == 240

@@ -14,10 +14,10 @@ import webdataset as wds
 
 from conftest import make_bad_inputs, model_overrides
 from curation import config, synthetic
-from curation.curate_config import CurateConfig
 from curation.layout import OutputLayout
 from curation.synthetic import VideoSpec, shot_list
 from jobs.curate import ResumeRefused, run_curate
+from jobs.job_configs import CurateJobConfig
 
 REELMILL = str(Path(sys.executable).with_name("reelmill"))
 
@@ -44,11 +44,11 @@ def inputs(tmp_path_factory, multi_shot_video, two_shot_video):
 
 # These tests are about splitting and writing: every clip's scores are recorded, none filters.
 SCORE_ONLY = ["filters.mode=score-only"]
-NO_MODEL = ["scoring.aesthetic.enabled=false", *SCORE_ONLY]
+NO_MODEL = ["scoring.aesthetic.enabled=false", "captioning.enabled=false", *SCORE_ONLY]
 
 
-def load(*overrides: str) -> CurateConfig:
-    return config.load(CurateConfig, "curate", "default", list(overrides))
+def load(*overrides: str) -> CurateJobConfig:
+    return config.load(CurateJobConfig, "curate", "default", ["captioning.enabled=false", *overrides])
 
 
 @pytest.fixture(scope="module")

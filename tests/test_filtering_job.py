@@ -10,10 +10,10 @@ import webdataset as wds
 
 from conftest import model_overrides
 from curation import config, synthetic
-from curation.curate_config import CurateConfig
 from curation.layout import OutputLayout
 from curation.synthetic import Shot, VideoSpec
 from jobs.curate import run_curate
+from jobs.job_configs import CurateJobConfig
 
 STILL = "testsrc2=size={s}:rate={r},trim=end_frame=1,loop=loop=-1:size=1,setpts=N/({r})/TB"
 DARK = "color=c=0x060606:size={s}:rate={r},noise=alls=6:allf=t"
@@ -30,7 +30,12 @@ def clips_dir(tmp_path_factory):
 def curate(clips_dir, out, models, *overrides):
     # random-weight aesthetic scores mean nothing: that rule is left out, as the demo does
     rules = "filters.rules=[{score: brightness, min: 0.08}, {score: motion, min: 0.0012}, {score: sharpness, min: 20}]"
-    cfg = config.load(CurateConfig, "curate", "default", [*model_overrides(models), rules, *overrides])
+    cfg = config.load(
+        CurateJobConfig,
+        "curate",
+        "default",
+        [*model_overrides(models), "captioning.enabled=false", rules, *overrides],
+    )
     return run_curate([str(clips_dir)], str(out), cfg)
 
 

@@ -1,0 +1,61 @@
+"""The captioning stage as two plain objects, the way `jobs/` runs it on Ray: CPU frame preparation in
+tasks, then the model in an actor pool. Shared by `curate` (clips of a task) and `recaption`
+(samples of a shard); both hand over `(key, mp4 bytes)` pairs and get `CaptionOutcome`s back.
+"""
+
+from __future__ import annotations
+
+from captioning.caption_config import CaptionConfig
+from captioning.captioner import Captioner, CaptionOutcome, CaptionStats, undecodable
+from captioning.video_frames import PreparedClip, prepare_clip
+from curation.errors import InputRejected
+from curation.record import ClipRecord
+
+
+class CaptionPrep:
+    """Decode clips into caption windows (CPU). A clip that does not decode becomes a failed outcome."""
+
+    def __init__(self, cfg: CaptionConfig):
+        self.cfg = cfg
+
+    def run(self, clips: list[tuple[str, bytes]]) -> tuple[list[PreparedClip], list[CaptionOutcome]]:
+        prepared, failed = [], []
+        for key, mp4 in clips:
+            try:
+                prepared.append(prepare_clip(key, mp4, self.cfg.frames))
+            except InputRejected as rejected:
+                failed.append(undecodable(key, rejected.reason))
+        return prepared, failed
+
+
+class CaptionModelStage:
+    """The VLM and the captioner around it; build one per actor (loading the model is the cost)."""
+
+    def __init__(self, cfg: CaptionConfig):
+        from captioning.vlm import VLMBackend
+
+        self.backend = VLMBackend(cfg.vlm)
+        self.captioner = Captioner(self.backend.generate, cfg, cfg.vlm.model)
+
+    def run(
+        self, prepared: list[PreparedClip], failed: list[CaptionOutcome]
+    ) -> tuple[list[CaptionOutcome], CaptionStats]:
+        outcomes, stats = self.captioner.run(prepared)
+        stats.runtime = self.backend.runtime
+        for outcome in failed:
+            stats.clips += 1
+            stats.failed[outcome.failure] = stats.failed.get(outcome.failure, 0) + 1
+        return outcomes + failed, stats
+
+
+def apply_to_clip(
+    record: ClipRecord, media: dict[str, bytes], outcome: CaptionOutcome, on_failure: str
+) -> None:
+    """Put a caption into a curate clip (record and `KEY.txt`), or record why there is none."""
+    if outcome.caption is not None:
+        record.caption, record.caption_metrics = outcome.caption, outcome.metrics
+        media["txt"] = outcome.text.encode()
+        return
+    record.errors.append(outcome.error())
+    if on_failure == "drop":
+        record.kept, record.drop_reason = False, "caption_failed"

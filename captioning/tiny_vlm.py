@@ -1,0 +1,196 @@
+"""A tiny Qwen2-VL of the real architecture, for tests and for `make demo` where no VLM weights exist.
+
+`build_tiny_qwen2_vl` trains a small byte-level BPE tokenizer on the fly (on the shipped prompts and
+the stand-in answer), builds a 2-layer Qwen2-VL with random weights and saves model, tokenizer and
+processor to a directory, which then loads through `AutoModelForImageTextToText.from_pretrained`
+like any user's model. Untrained, it writes noise (every caption fails to parse). `fit_answer`
+fine-tunes it for a few hundred steps on CPU, through the backend's own processor path, until it
+writes one fixed answer for any video: a real model doing real generation, whose output the real
+parser reads. Nothing it writes describes a video; runs that use it are marked `models: random-weights`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from captioning.caption_config import CaptionParseConfig, VLMConfig
+from captioning.prompts import PROMPT_DIR, available_prompts, load_prompt
+from captioning.video_frames import VideoWindow
+from captioning.vlm import VideoPrompt, VLMBackend
+
+STAND_IN_ANSWER = (
+    "Summary: A stand-in caption written by a tiny test model.\n"
+    "0.0-1.0s: The tiny test model writes this first segment for every clip.\n"
+    "1.0-2.0s: It writes this second segment too, whatever the video shows."
+)
+"""What `fit_answer` teaches by default: valid for any clip of 1.5 s or more up to 12 s (two segments)."""
+
+SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+    "<|image_pad|>", "<|video_pad|>",
+]  # fmt: skip
+
+# Qwen2-VL's chat template, reduced to what the captioner sends: text, images and videos.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for c in message['content'] %}"
+    "{% if c['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Frames are resized by the processor to 28-pixel multiples between these areas: 4-16 tokens a frame pair.
+TINY_PIXELS = {"shortest_edge": 56 * 56, "longest_edge": 112 * 112}
+
+
+def train_tokenizer(corpus: list[str], vocab_size: int = 512):
+    """A byte-level BPE tokenizer (any text encodes) with Qwen2-VL's special tokens, trained on `corpus`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>", model_max_length=32768
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def _corpus(answers: list[str]) -> list[str]:
+    prompts = [(PROMPT_DIR / f"{pid}.txt").read_text(encoding="utf-8") for pid in available_prompts()]
+    return prompts * 4 + answers * 8 + ["user assistant system\n"] * 4
+
+
+def build_tiny_qwen2_vl(
+    directory: str | Path, seed: int = 0, answers: tuple[str, ...] = (STAND_IN_ANSWER,)
+) -> str:
+    """Save a random-weight 2-layer Qwen2-VL (hidden 64) with its tokenizer and processor; returns the path."""
+    import torch
+    from transformers import (
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    directory = Path(directory)
+    tokenizer = train_tokenizer(_corpus(list(answers)))
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
+    config = Qwen2VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 32768,
+            # multimodal RoPE: (t, h, w) sections of the 16-dim heads' 8 frequency pairs
+            "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
+            "bos_token_id": ids["<|im_start|>"],
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+        },
+        vision_config={
+            "depth": 2,
+            "embed_dim": 32,
+            "hidden_size": 64,
+            "num_heads": 2,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        },  # fmt: skip
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(config)
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    processor = Qwen2VLProcessor(
+        image_processor=Qwen2VLImageProcessor(size=TINY_PIXELS),
+        video_processor=Qwen2VLVideoProcessor(size=TINY_PIXELS),
+        tokenizer=tokenizer,
+        chat_template=CHAT_TEMPLATE,
+    )
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return str(directory)
+
+
+def _random_window(rng: np.random.Generator, duration_s: float) -> VideoWindow:
+    n = int(rng.integers(2, 9))
+    h, w = int(rng.integers(40, 120)), int(rng.integers(40, 160))
+    frames = rng.integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+    times = np.linspace(0, duration_s * (n - 1) / n, n)
+    return VideoWindow(0.0, duration_s, frames, times, float(rng.choice([24.0, 25.0, 30.0])))
+
+
+def fit_answer(
+    model_dir: str,
+    answer: str = STAND_IN_ANSWER,
+    prompt_id: str = "dense_v1",
+    max_steps: int = 600,
+    batch_size: int = 4,
+    lr: float = 3e-3,
+    seed: int = 0,
+) -> int:
+    """Fine-tune the model in `model_dir` until it writes `answer` for any video and clip length; saves it.
+
+    Trains on random frames of random sizes under prompts for durations of 1.5-12 s, so the answer
+    does not depend on what it is shown, and checks every 50 steps (from step 150) that greedy
+    decoding reproduces it exactly for fresh random videos. Returns the steps taken; raises when
+    `max_steps` were not enough.
+    """
+    import torch
+
+    cfg = VLMConfig(
+        model=model_dir, device="cpu", dtype="float32", attn_implementation="sdpa", max_new_tokens=128
+    )
+    backend = VLMBackend(cfg)
+    model, tokenizer = backend.model, backend.processor.tokenizer
+    target = answer + tokenizer.convert_ids_to_tokens(backend.eos_ids[0])
+    answer_len = len(tokenizer(target, add_special_tokens=False)["input_ids"])
+    prompt, rng, rules = load_prompt(prompt_id), np.random.default_rng(seed), CaptionParseConfig()
+
+    def prompts(count: int) -> list[VideoPrompt]:
+        durations = rng.uniform(1.5, 12.0, count)
+        return [
+            VideoPrompt(_random_window(rng, d), prompt.render(d, rules.min_segments_for(d)))
+            for d in durations
+        ]
+
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.1, 1 - step / 300))
+    for step in range(1, max_steps + 1):
+        model.train()
+        inputs = backend.inputs(prompts(batch_size), answers=[target] * batch_size)
+        labels = inputs["input_ids"].clone()
+        labels[:, :-answer_len] = -100  # left-padded: the answer is the last tokens of every row
+        model(**inputs, labels=labels).loss.backward()
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        if step >= 150 and step % 50 == 0:
+            model.eval()
+            if all(g.text == answer for g in backend.generate(prompts(3))):
+                model.save_pretrained(model_dir)
+                return step
+    raise RuntimeError(f"the tiny VLM did not learn the answer in {max_steps} steps")
