@@ -47,8 +47,19 @@ CHAT_TEMPLATE = (
 TINY_PIXELS = {"shortest_edge": 56 * 56, "longest_edge": 112 * 112}
 
 
-def train_tokenizer(corpus: list[str], vocab_size: int = 512):
-    """A byte-level BPE tokenizer (any text encodes) with Qwen2-VL's special tokens, trained on `corpus`."""
+def train_tokenizer(
+    corpus: list[str],
+    vocab_size: int = 512,
+    special_tokens: list[str] = SPECIAL_TOKENS,
+    eos_token: str = "<|im_end|>",
+    pad_token: str = "<|endoftext|>",
+    chat_template: str = CHAT_TEMPLATE,
+):
+    """A byte-level BPE tokenizer (any text encodes) with special tokens, trained on `corpus`.
+
+    The defaults are Qwen2-VL's; other architectures' tiny test models pass their processor's own
+    placeholder tokens, end-of-turn token and chat template.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -57,15 +68,15 @@ def train_tokenizer(corpus: list[str], vocab_size: int = 512):
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=list(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer.train_from_iterator(corpus, trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>", model_max_length=32768
+        tokenizer_object=tokenizer, eos_token=eos_token, pad_token=pad_token, model_max_length=32768
     )
-    fast.chat_template = CHAT_TEMPLATE
+    fast.chat_template = chat_template
     return fast
 
 
@@ -135,10 +146,18 @@ def build_tiny_qwen2_vl(
 
 
 def _random_window(rng: np.random.Generator, duration_s: float) -> VideoWindow:
-    n = int(rng.integers(2, 9))
-    h, w = int(rng.integers(40, 120)), int(rng.integers(40, 160))
-    frames = rng.integers(0, 256, (n, h, w, 3), dtype=np.uint8)
-    times = np.linspace(0, duration_s * (n - 1) / n, n)
+    """Frames at 2 per second of noise, flat colour or gradients, of sizes like real clips' frames."""
+    n = max(1, round(duration_s * 2))
+    h, w = int(rng.integers(40, 160)), int(rng.integers(40, 200))
+    kind = rng.integers(3)
+    if kind == 0:
+        frames = rng.integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+    elif kind == 1:
+        frames = np.broadcast_to(rng.integers(0, 256, (n, 1, 1, 3), dtype=np.uint8), (n, h, w, 3)).copy()
+    else:
+        ramp = np.linspace(0, 1, w)[None, None, :, None] * rng.uniform(0, 255, (n, 1, 1, 3))
+        frames = np.broadcast_to(ramp, (n, h, w, 3)).astype(np.uint8)
+    times = np.arange(n) / 2.0
     return VideoWindow(0.0, duration_s, frames, times, float(rng.choice([24.0, 25.0, 30.0])))
 
 
@@ -178,7 +197,7 @@ def fit_answer(
 
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.1, 1 - step / 300))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.05, 1 - step / 400))
     for step in range(1, max_steps + 1):
         model.train()
         inputs = backend.inputs(prompts(batch_size), answers=[target] * batch_size)
@@ -190,7 +209,7 @@ def fit_answer(
         optimizer.zero_grad()
         if step >= 150 and step % 50 == 0:
             model.eval()
-            if all(g.text == answer for g in backend.generate(prompts(3))):
+            if all(g.text == answer for g in backend.generate(prompts(6))):
                 model.save_pretrained(model_dir)
                 return step
     raise RuntimeError(f"the tiny VLM did not learn the answer in {max_steps} steps")

@@ -9,6 +9,7 @@ own way. Batches are left-padded; decoding is greedy unless a temperature is giv
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import os
 from dataclasses import dataclass
 
@@ -86,12 +87,13 @@ class VLMBackend:
             self.model = AutoModelForImageTextToText.from_pretrained(
                 cfg.model, dtype=getattr(torch, dtype), attn_implementation=attn, **kwargs
             )
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a directory that holds no model or processor
             raise ModelLoadError(f"captioning.vlm.model: cannot load {cfg.model!r}: {exc}") from None
         self.model.to(self.device).eval()
         self.processor.tokenizer.padding_side = "left"  # generation continues every row at the right edge
         self.eos_ids = _eos_ids(self.model, self.processor)
         self.pad_id = self.processor.tokenizer.pad_token_id
+        self.stacks_videos = _stacks_videos(self.processor)
         self.runtime = {"device": self.device, "dtype": dtype, "attn_implementation": attn}
         hf_logging.set_verbosity_error()  # per-call processor notices would flood worker logs
 
@@ -120,13 +122,12 @@ class VLMBackend:
         """Generate for every prompt, `cfg.batch_size` at a time; greedy when `temperature` is None."""
         import torch
 
-        out: list[Generation] = []
-        for start in range(0, len(prompts), self.cfg.batch_size):
-            batch = prompts[start : start + self.cfg.batch_size]
-            inputs = self.inputs(batch).to(self.device)
+        out: list[Generation | None] = [None] * len(prompts)
+        for rows in self._batches(prompts):
+            inputs = self.inputs([prompts[i] for i in rows]).to(self.device)
             sampling = {"do_sample": False}
             if temperature is not None:
-                torch.manual_seed(seed + start)
+                torch.manual_seed(seed + rows[0])
                 sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p}
             with torch.inference_mode():
                 ids = self.model.generate(
@@ -138,12 +139,38 @@ class VLMBackend:
                 )
             new = ids[:, inputs["input_ids"].shape[1] :].cpu().numpy()
             texts = self.processor.batch_decode(new, skip_special_tokens=True)
-            out += [Generation(t, self._count(row)) for t, row in zip(texts, new, strict=True)]
+            for i, text, row in zip(rows, texts, new, strict=True):
+                out[i] = Generation(text, self._count(row))
         return out
+
+    def _batches(self, prompts: list[VideoPrompt]) -> list[list[int]]:
+        """The prompt indices of each generate call: `cfg.batch_size` prompts at a time, in order.
+
+        A processor that stacks a batch's videos into one [videos, frames, ...] tensor (LLaVA-OneVision)
+        cannot take videos of different lengths together: for it, each call holds one frame count.
+        """
+
+        def length(i: int) -> int:
+            return len(prompts[i].window.frames) if self.stacks_videos else 0
+
+        size = self.cfg.batch_size
+        groups = [list(g) for _, g in itertools.groupby(sorted(range(len(prompts)), key=length), key=length)]
+        return [group[start : start + size] for group in groups for start in range(0, len(group), size)]
 
     def _count(self, row: np.ndarray) -> int:
         ends = np.flatnonzero(np.isin(row, self.eos_ids))
         return int(ends[0]) + 1 if len(ends) else len(row)
+
+
+def _stacks_videos(processor) -> bool:
+    """Whether the video processor needs every video of a batch to have one frame count: Qwen's flatten
+    frames into patches and SmolVLM's pad them, but LLaVA-OneVision's stack the batch as one tensor."""
+    videos = [np.zeros((frames, 32, 32, 3), np.uint8) for frames in (2, 4)]
+    try:
+        processor.video_processor(videos, do_sample_frames=False, return_tensors="pt")
+    except Exception:  # whatever failed, one frame count per batch is what every processor can take
+        return True
+    return False
 
 
 def _eos_ids(model, processor) -> list[int]:

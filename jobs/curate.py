@@ -9,6 +9,7 @@ run refuses to resume under another config.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -32,7 +33,7 @@ from curation.splitter import ClipSplitter
 from curation.writer import TaskWriter, apply_filters
 from jobs.captioning_stage import add_caption_actors, caption_report, check_captioning, prep_columns
 from jobs.job_configs import CurateJobConfig
-from jobs.ray_runtime import ray_session
+from jobs.ray_runtime import fit_actor_cpus, ray_session
 from jobs.run_info import versions
 
 
@@ -176,6 +177,20 @@ def build_pipeline(ds, output: str, cfg: CurateJobConfig, fingerprint: str):
     )
 
 
+def _fit_to_session(cfg: CurateJobConfig, session: dict, log) -> CurateJobConfig:
+    """The config with actor CPU reservations that leave room for the split tasks on this Ray."""
+    res, pools = cfg.resources, {}
+    if cfg.scoring.aesthetic.enabled:
+        pools["aesthetic"] = (res.aesthetic_cpus, res.aesthetic_actors)
+    if cfg.captioning.enabled:
+        pools["captioning"] = (cfg.captioning.cpus, cfg.captioning.actors)
+    fitted = fit_actor_cpus(pools, res.split_cpus, session, log)
+    cfg = copy.deepcopy(cfg)
+    cfg.resources.aesthetic_cpus = fitted.get("aesthetic", res.aesthetic_cpus)
+    cfg.captioning.cpus = fitted.get("captioning", cfg.captioning.cpus)
+    return cfg
+
+
 def aggregate(summaries: list[dict]) -> dict:
     """Totals over task summaries (from markers, so a resumed run counts every task)."""
     errors, drops = Counter(), Counter()
@@ -277,7 +292,9 @@ def run_curate(
             ds = ray.data.from_items(
                 [{"task": pickle.dumps(t)} for t in pending], override_num_blocks=len(pending)
             )
-            for row in build_pipeline(ds, output, cfg, fingerprint).iter_rows():
+            for row in build_pipeline(
+                ds, output, _fit_to_session(cfg, ray_info, log), fingerprint
+            ).iter_rows():
                 fresh.append(json.loads(row["summary"]))
     wall = time.perf_counter() - started
 

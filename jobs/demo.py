@@ -36,13 +36,50 @@ def use_stand_in_models_if_missing(cfg: CurateJobConfig, directory: str) -> str 
     return "random-weights"
 
 
+def use_stand_in_vlm_if_missing(cfg: CurateJobConfig, directory: str) -> str | None:
+    """Caption with a tiny Qwen2-VL fitted to one stand-in caption when the configured VLM is missing.
+
+    Returns "random-weights" when it did (and says so), None when the configured model loads.
+    """
+    captioning = cfg.captioning
+    if not captioning.enabled:
+        return None
+    from captioning.vlm import ModelLoadError, check_model_available
+
+    try:
+        check_model_available(captioning.vlm)
+        return None
+    except ModelLoadError:
+        pass
+    from captioning.tiny_vlm import build_tiny_qwen2_vl, fit_answer
+
+    path = os.path.join(directory, "tiny-qwen2-vl")
+    print(
+        f"reelmill demo: the captioning model {captioning.vlm.model} (captioning.vlm.model) is not on this machine "
+        "and cannot be fetched; running the same captioning stage with a tiny random-weight Qwen2-VL, fine-tuned "
+        f"for a few seconds to write one fixed stand-in caption, saved in {path}.\n"
+        "reelmill demo: its captions describe nothing; every output is marked models: random-weights"
+    )
+    if not os.path.isfile(os.path.join(path, "model.safetensors")):
+        build_tiny_qwen2_vl(path)
+        fit_answer(path)
+    captioning.vlm.model, captioning.vlm.device = path, "cpu"
+    captioning.vlm.max_new_tokens = 96
+    captioning.frames.max_pixels = 112 * 112
+    return "random-weights"
+
+
 def run_demo(output: str, num_cpus: int | None = None) -> dict:
     samples = os.path.join(output, "samples")
     if not os.path.isdir(samples) or not os.listdir(samples):
         print(f"reelmill demo: making sample videos in {samples} (ffmpeg lavfi)")
         synthetic.sample_set(samples)
     cfg = config_lib.load(CurateJobConfig, "curate", "default", ["input.videos_per_task=2"])
-    models = use_stand_in_models_if_missing(cfg, os.path.join(output, "models"))
+    stand_ins = [
+        use_stand_in_models_if_missing(cfg, os.path.join(output, "models")),
+        use_stand_in_vlm_if_missing(cfg, os.path.join(output, "models")),
+    ]
+    models = "random-weights" if "random-weights" in stand_ins else None
     curated = os.path.join(output, "curated")
     run = run_curate([samples], curated, cfg, overwrite=True, num_cpus=num_cpus, models=models)
     layout = OutputLayout(curated)
@@ -57,6 +94,19 @@ def run_demo(output: str, num_cpus: int | None = None) -> dict:
         detail = f"{v['num_kept']}/{v['num_clips']} clips kept" if v["status"] == "ok" else v["error"]
         print(f"    {os.path.basename(v['uri']):22s} {v['status']:5s} {detail}")
     print(json.dumps(run["counts"], indent=1))
+    captioning = run["captioning"]
+    if captioning["enabled"]:
+        print(
+            f"  captions   {captioning['captioned']} of {captioning['clips']} clips by {captioning['model']} "
+            f"({captioning['prompt_id']}), failures: {captioning['failed'] or 'none'}"
+        )
+        clips = layout.read_manifest(layout.clips_manifest).to_pylist()
+        example = next((c for c in clips if c["caption.summary"] is not None), None)
+        if example is not None:
+            print(f"  example    {example['clip_id']} ({example['duration_s']:.1f}s):")
+            print(f"    {example['caption.summary']}")
+            for seg in example["caption.segments"]:
+                print(f"    [{seg['start_s']:.1f}-{seg['end_s']:.1f}s] {seg['text']}")
     if not shards or not storage.exists(layout.run_json):
         raise RuntimeError("demo produced no shards")
     return run

@@ -34,3 +34,27 @@ def ray_session(num_cpus: int | None = None) -> Iterator[dict]:
     finally:
         if owned:
             ray.shutdown()
+
+
+def fit_actor_cpus(
+    pools: dict[str, tuple[float, int]], task_cpus: float, session: dict, log=print
+) -> dict[str, float]:
+    """CPUs per actor for each actor pool (`name -> (cpus per actor, actors)`) on the embedded Ray.
+
+    Actor pools hold their CPUs for the whole run. On a small machine (2 cores: an aesthetic actor
+    and a captioning actor) they would leave no CPU for the tasks that feed them and the pipeline
+    would wait forever; there the actors' reservations shrink so one task of `task_cpus` still fits.
+    On a cluster (RAY_ADDRESS) the autoscaler adds nodes, so the config is used as it is.
+    """
+    wanted = {name: cpus for name, (cpus, _) in pools.items()}
+    total = session["cluster_resources"].get("CPU", 0.0)
+    held = sum(cpus * actors for cpus, actors in pools.values())
+    if session["address"] != "local" or not pools or held + task_cpus <= total:
+        return wanted
+    scale = max(total - task_cpus, 0.0) / held
+    fitted = {name: max(round(cpus * scale, 2), 0.01) for name, cpus in wanted.items()}
+    log(
+        f"reelmill: {total:g} CPUs cannot hold the actor pools ({held:g} CPUs) and a {task_cpus:g}-CPU task; "
+        f"actors reserve {', '.join(f'{n} {c:g}' for n, c in fitted.items())} CPUs each instead"
+    )
+    return fitted

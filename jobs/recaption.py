@@ -13,6 +13,7 @@ The Ray Data pipeline, one row per task: read the shards and prepare caption fra
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -36,7 +37,7 @@ from curation.writer import clear_task, parquet_bytes
 from jobs.captioning_stage import add_caption_actors, caption_report, check_captioning, prep_columns
 from jobs.curate import prepare_output
 from jobs.job_configs import RecaptionConfig
-from jobs.ray_runtime import ray_session
+from jobs.ray_runtime import fit_actor_cpus, ray_session
 from jobs.run_info import versions
 
 
@@ -270,7 +271,10 @@ def run_recaption(
                 functools.partial(_read_row, cfg=cfg, quotas=quotas, fraction=fraction, seed=seed),
                 num_cpus=cfg.read_cpus,
             )
-            ds = add_caption_actors(ds, cfg.captioning)
+            fitted = fit_actor_cpus(
+                {"captioning": (cfg.captioning.cpus, cfg.captioning.actors)}, cfg.read_cpus, ray_info, log
+            )
+            ds = add_caption_actors(ds, dataclasses.replace(cfg.captioning, cpus=fitted["captioning"]))
             ds = ds.map(
                 functools.partial(_write_row, out=output, cfg=cfg, fingerprint=fingerprint),
                 num_cpus=cfg.write_cpus,

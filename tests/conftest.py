@@ -167,6 +167,18 @@ def ray_local():
     ray.shutdown()
 
 
+def shard_samples(layout) -> dict[str, dict]:
+    """Every sample in a run's shards (an `OutputLayout`), read with webdataset, by key."""
+    import webdataset as wds
+
+    samples = {}
+    for url in layout.shard_files():
+        for sample in wds.WebDataset(url, shardshuffle=False):
+            assert sample["__key__"] not in samples, "duplicate key"
+            samples[sample["__key__"]] = sample
+    return samples
+
+
 def decode_frames(path: Path, width: int = 64, height: int = 48):
     """All frames of a video as small RGB arrays, for comparing content across files."""
     import ffmpeg

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import ray
-import webdataset as wds
 
-from conftest import make_bad_inputs, model_overrides
+from conftest import make_bad_inputs, model_overrides, shard_samples
 from curation import config, synthetic
 from curation.layout import OutputLayout
 from curation.synthetic import VideoSpec, shot_list
@@ -20,16 +19,6 @@ from jobs.curate import ResumeRefused, run_curate
 from jobs.job_configs import CurateJobConfig
 
 REELMILL = str(Path(sys.executable).with_name("reelmill"))
-
-
-def shard_samples(layout: OutputLayout) -> dict[str, dict]:
-    """Every sample in the run's shards, read with webdataset, by key."""
-    samples = {}
-    for url in layout.shard_files():
-        for sample in wds.WebDataset(url, shardshuffle=False):
-            assert sample["__key__"] not in samples, "duplicate key"
-            samples[sample["__key__"]] = sample
-    return samples
 
 
 @pytest.fixture(scope="module")
