@@ -86,8 +86,7 @@ def merge_windows(parts: list[tuple[float, ParsedCaption]], duration_s: float) -
     segments, summaries, fixes = [], [], []
     for start, parsed in parts:
         for s in parsed.segments:
-            end = min(round(start + s.end_s, 3), duration_s)
-            segments.append(Segment(round(start + s.start_s, 3), end, s.text))
+            segments.append(Segment(start + s.start_s, min(start + s.end_s, duration_s), s.text))
         if parsed.summary and parsed.summary not in summaries:
             summaries.append(parsed.summary)
         fixes += [f for f in parsed.fixes if f not in fixes]

@@ -14,12 +14,12 @@ import os
 import tempfile
 from dataclasses import dataclass
 
-import ffmpeg
 import numpy as np
 
 from captioning.caption_config import CaptionFramesConfig
 from curation import ffmpeg_tools
 from curation.errors import InputRejected
+from curation.frames import decode_rgb
 from curation.probe import probe
 
 
@@ -80,16 +80,6 @@ def evenly(indices: list[int], limit: int) -> list[int]:
     return [indices[i] for i in picks]
 
 
-def _decode(path: str, size: tuple[int, int], cfg: CaptionFramesConfig) -> np.ndarray:
-    video = ffmpeg.input(path).video.filter("fps", fps=cfg.fps)
-    video = video.filter("scale", size[0], size[1], flags="area").filter("setsar", 1)
-    out = ffmpeg.output(video, "pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough", an=None)
-    raw = ffmpeg_tools.run_stream(out, cfg.timeout_s)
-    frame_bytes = size[0] * size[1] * 3
-    n = len(raw) // frame_bytes
-    return np.frombuffer(raw, np.uint8, count=n * frame_bytes).reshape(n, size[1], size[0], 3)
-
-
 def prepare_clip(key: str, mp4: bytes, cfg: CaptionFramesConfig) -> PreparedClip:
     """Decode a clip's bytes into its caption windows. Raises InputRejected when it does not decode."""
     with tempfile.TemporaryDirectory(prefix="reelmill-caption-") as tmp:
@@ -99,7 +89,7 @@ def prepare_clip(key: str, mp4: bytes, cfg: CaptionFramesConfig) -> PreparedClip
         info = probe(path, min_duration_s=0.0, timeout_s=min(cfg.timeout_s, 60.0))
         size = fit_pixels(info.width, info.height, cfg.max_pixels)
         try:
-            rgb = _decode(path, size, cfg)
+            rgb = decode_rgb(path, size, cfg.fps, cfg.timeout_s)
         except ffmpeg_tools.FFmpegError as err:
             raise InputRejected("undecodable", f"caption frames: {err.detail}") from None
     # the fps filter pads up to the container's end; frames past the clip's duration are not its own

@@ -176,14 +176,16 @@ def find_content_box(
     )
 
 
-def _decode(path: str, size: tuple[int, int], stride: int, cfg: FrameSamplerConfig) -> np.ndarray:
-    video = ffmpeg.input(path).video.filter("fps", fps=cfg.fps)
+def decode_rgb(path: str, size: tuple[int, int], fps: float, timeout_s: float, stride: int = 1) -> np.ndarray:
+    """[N, H, W, 3] uint8: the video at `fps` frames per second (sample k at k / fps s), scaled to `size`
+    (width, height); with `stride` > 1 only samples `k % stride < 2` (see `sample_stride`)."""
+    video = ffmpeg.input(path).video.filter("fps", fps=fps)
     if stride > 1:
         video = video.filter("select", f"lt(mod(n,{stride}),2)")  # ffmpeg-python escapes the commas
     # Area averaging: no aliasing when downscaling, and bar edges stay linear in coverage.
     video = video.filter("scale", size[0], size[1], flags="area").filter("setsar", 1)
     out = ffmpeg.output(video, "pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough", an=None)
-    raw = ffmpeg_tools.run_stream(out, cfg.timeout_s)
+    raw = ffmpeg_tools.run_stream(out, timeout_s)
     frame_bytes = size[0] * size[1] * 3
     n = len(raw) // frame_bytes
     return np.frombuffer(raw, np.uint8, count=n * frame_bytes).reshape(n, size[1], size[0], 3)
@@ -217,7 +219,7 @@ def sample_frames(
         expected = max(1, math.ceil(duration_s * cfg.fps - 1e-6))
         stride = sample_stride(expected, cfg.max_frames)
         try:
-            rgb = _decode(path, size, stride, cfg)
+            rgb = decode_rgb(path, size, cfg.fps, cfg.timeout_s, stride)
         except ffmpeg_tools.FFmpegError as err:
             raise InputRejected("undecodable", f"frame sampling: {err.detail}") from None
     if len(rgb) == 0:

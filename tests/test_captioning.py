@@ -148,8 +148,9 @@ def windowed_captions(draw):
     parts = []
     for i, (start, end) in enumerate(bounds):
         length = end - start
-        cuts = sorted(draw(st.lists(st.floats(0.05, 0.95), max_size=4, unique=True)))
-        edges = [0.0, *[c * length for c in cuts], length]
+        tenths = math.ceil(length * 10) - 1  # models write times to a tenth of a second
+        cuts = sorted(draw(st.lists(st.integers(1, tenths), max_size=4, unique=True))) if tenths >= 1 else []
+        edges = [0.0, *[c / 10 for c in cuts], length]
         segments = [
             Segment(a, b, f"w{i} s{j}") for j, (a, b) in enumerate(zip(edges, edges[1:], strict=False))
         ]
