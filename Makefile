@@ -4,13 +4,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= demo_out
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := ffmpeg libgl1 libglib2.0-0  # ffmpeg for all video work; the GL and GLib libraries for OpenCV
+APT_PACKAGES := ffmpeg libgl1 libglib2.0-0 chromium  # ffmpeg for all video work; the GL and GLib libraries for OpenCV; chromium for the report's browser test
 
 .PHONY: setup demo test lint format bench clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	@dpkg -s $(APT_PACKAGES) >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(APT_PACKAGES))
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip

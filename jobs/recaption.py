@@ -160,9 +160,9 @@ def _write_row(row: dict, out: str, cfg: RecaptionConfig, fingerprint: str) -> d
             record["shard"] = None
             if target is not None:
                 json_name = next((k for k in members if k.lower() == "json"), "json")
-                members[json_name] = b""  # a placeholder keeps the member order; sized below
-                size = sum(len(v) for v in members.values())
-                record["shard"] = target.place(size)
+                members[json_name] = b""  # holds the json's place in the member order until it is made
+                # the record names its own shard, so the part is chosen before the json is made
+                record["shard"] = target.place(sum(len(v) for v in members.values()))
                 members[json_name] = json.dumps(record, sort_keys=True).encode()
                 target.write(key, members)
             if not kept:

@@ -1,0 +1,207 @@
+"""Caption-video alignment: how well each caption's words match the frames they claim to describe.
+
+With the run's open_clip model (`scoring.aesthetic.clip_model`, loaded through the scorer's own
+loader), a segment's score is the cosine similarity between its text embedding and the mean
+embedding of the clip's frames inside the segment's span; the summary is scored against all frames.
+A raw CLIP similarity means little on its own, so `alignment_report` sets it against a baseline:
+the same score with captions paired to other clips (a fixed derangement), and reports the margin.
+The temporal check asks whether a segment matches its own span better than the clip's other spans.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from curation.scoring_config import AestheticConfig
+
+
+@dataclass
+class ClipFrames:
+    """A clip's frames for alignment: [N, H, W, 3] uint8 and their times in seconds from the clip start."""
+
+    key: str
+    frames: np.ndarray
+    timestamps: np.ndarray
+    duration_s: float
+
+
+@dataclass
+class ClipAlignment:
+    """One clip's alignment numbers (cosine similarities in [-1, 1])."""
+
+    key: str
+    summary: float | None
+    segments: list[float | None] = field(default_factory=list)
+    """Per segment; None when no frame lies inside its span."""
+    own_span_best: list[bool] = field(default_factory=list)
+    """Per segment with frames, for clips of 2+ such segments: does it match its own span best?"""
+
+
+def span_frames(timestamps: np.ndarray, start_s: float, end_s: float) -> np.ndarray:
+    """Indices of the frames inside `[start_s, end_s)`, or the one nearest its middle when none is."""
+    inside = np.flatnonzero((timestamps >= start_s) & (timestamps < end_s))
+    if len(inside) == 0 and len(timestamps):
+        inside = np.array([int(np.argmin(np.abs(timestamps - (start_s + end_s) / 2)))])
+    return inside
+
+
+class CaptionAligner:
+    """open_clip image and text towers; build once, then `embed` frames and texts in batches."""
+
+    def __init__(self, cfg: AestheticConfig, batch_size: int = 32):
+        import open_clip
+
+        from curation.scoring.aesthetic import load_clip, resolve_device
+
+        self.device = resolve_device(cfg.device)
+        self.model, self.preprocess = load_clip(cfg, self.device)
+        self.tokenizer = open_clip.get_tokenizer(cfg.clip_model)
+        self.batch_size = batch_size
+        self.model_name = cfg.clip_model
+
+    def embed_frames(self, frames: np.ndarray) -> np.ndarray:
+        """[N, D] normalised image embeddings (float32)."""
+        import torch
+        from PIL import Image
+
+        out = []
+        for start in range(0, len(frames), self.batch_size):
+            pixels = torch.stack(
+                [self.preprocess(Image.fromarray(f)) for f in frames[start : start + self.batch_size]]
+            )
+            with torch.inference_mode():
+                out.append(
+                    torch.nn.functional.normalize(
+                        self.model.encode_image(pixels.to(self.device)).float(), dim=-1
+                    )
+                )
+        return torch.cat(out).cpu().numpy() if out else np.zeros((0, 0), np.float32)
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """[M, D] normalised text embeddings (float32); texts longer than the context are truncated."""
+        import torch
+
+        out = []
+        for start in range(0, len(texts), self.batch_size):
+            tokens = self.tokenizer(texts[start : start + self.batch_size]).to(self.device)
+            with torch.inference_mode():
+                out.append(torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1))
+        return torch.cat(out).cpu().numpy() if out else np.zeros((0, 0), np.float32)
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / max(float(np.linalg.norm(v)), 1e-8)
+
+
+def score_clip(
+    key: str,
+    caption: dict,
+    frame_embeddings: np.ndarray,
+    timestamps: np.ndarray,
+    text_embeddings: dict[str, np.ndarray],
+) -> ClipAlignment:
+    """Alignment of one caption with one clip's frames (embeddings given, so pairings can be swapped)."""
+    summary = caption.get("summary") or ""
+    whole = _unit(frame_embeddings.mean(axis=0))
+    result = ClipAlignment(key, float(whole @ text_embeddings[summary]) if summary else None)
+    spans = []
+    for seg in caption.get("segments") or []:
+        idx = span_frames(timestamps, seg["start_s"], seg["end_s"])
+        spans.append(_unit(frame_embeddings[idx].mean(axis=0)) if len(idx) else None)
+    for seg, span in zip(caption.get("segments") or [], spans, strict=True):
+        result.segments.append(float(span @ text_embeddings[seg["text"]]) if span is not None else None)
+    valid = [
+        (seg, span)
+        for seg, span in zip(caption.get("segments") or [], spans, strict=True)
+        if span is not None
+    ]
+    if len(valid) >= 2:
+        matrix = np.stack([text_embeddings[s["text"]] for s, _ in valid]) @ np.stack([v for _, v in valid]).T
+        result.own_span_best = [bool(np.argmax(row) == i) for i, row in enumerate(matrix)]
+    return result
+
+
+def derangement(n: int, seed: int = 0) -> list[int]:
+    """A fixed permutation of range(n) with no fixed point (n >= 2): clip i's caption goes to clip p[i]."""
+    rng = np.random.default_rng(seed)
+    while True:
+        p = rng.permutation(n)
+        if n < 2 or not np.any(p == np.arange(n)):
+            return [int(i) for i in p]
+
+
+def _mean(values: list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return float(np.mean(kept)) if kept else None
+
+
+def alignment_report(
+    clips: list[ClipFrames], captions: list[dict], aligner: CaptionAligner, seed: int = 0
+) -> dict:
+    """Alignment of each caption with its own clip, against a shuffled pairing as the baseline.
+
+    Returns the per-clip numbers and the means: summary and segment similarity for true and shuffled
+    pairs, their margins, and the share of segments that match their own span best.
+    """
+    frame_embeddings = [aligner.embed_frames(c.frames) for c in clips]
+    texts = sorted(
+        {
+            t
+            for cap in captions
+            for t in [cap.get("summary") or "", *(s["text"] for s in cap.get("segments") or [])]
+            if t
+        }
+    )
+    text_embeddings = dict(zip(texts, aligner.embed_texts(texts), strict=True))
+    own = [
+        score_clip(c.key, cap, emb, c.timestamps, text_embeddings)
+        for c, cap, emb in zip(clips, captions, frame_embeddings, strict=True)
+    ]
+    shuffled: list[ClipAlignment] = []
+    if len(clips) >= 2:
+        for i, j in enumerate(derangement(len(clips), seed)):
+            # caption i against clip j; segment times are rescaled to clip j's length
+            scale = clips[j].duration_s / clips[i].duration_s
+            moved = {
+                "summary": captions[i].get("summary"),
+                "segments": [
+                    {**s, "start_s": s["start_s"] * scale, "end_s": s["end_s"] * scale}
+                    for s in captions[i].get("segments") or []
+                ],
+            }
+            shuffled.append(
+                score_clip(clips[j].key, moved, frame_embeddings[j], clips[j].timestamps, text_embeddings)
+            )
+    best = [b for a in own for b in a.own_span_best]
+    summary_true = _mean([a.summary for a in own])
+    summary_base = _mean([a.summary for a in shuffled])
+    segment_true = _mean([s for a in own for s in a.segments])
+    segment_base = _mean([s for a in shuffled for s in a.segments])
+    return {
+        "model": aligner.model_name,
+        "clips": len(clips),
+        "summary": {
+            "mean": summary_true,
+            "shuffled_mean": summary_base,
+            "margin": _margin(summary_true, summary_base),
+        },
+        "segments": {
+            "mean": segment_true,
+            "shuffled_mean": segment_base,
+            "margin": _margin(segment_true, segment_base),
+        },
+        "temporal": {
+            "segments_checked": len(best),
+            "own_span_best_share": float(np.mean(best)) if best else None,
+        },
+        "per_clip": [
+            {"key": a.key, "summary": a.summary, "segments": a.segments, "segment_mean": _mean(a.segments)}
+            for a in own
+        ],
+    }
+
+
+def _margin(true: float | None, base: float | None) -> float | None:
+    return None if true is None or base is None else true - base
