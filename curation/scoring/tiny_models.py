@@ -20,7 +20,13 @@ TINY_CLIP_NAME = "reelmill-tiny-vit"
 TINY_CLIP = {
     "embed_dim": 768,  # what the LAION head takes
     "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},  # open_clip's BPE vocab
+    "text_cfg": {
+        "context_length": 32,
+        "vocab_size": 49408,
+        "width": 32,
+        "heads": 2,
+        "layers": 1,
+    },  # open_clip's BPE vocab
 }
 
 
