@@ -67,6 +67,18 @@ class CaptionStats:
     runtime: dict = field(default_factory=dict)
     """Where the model ran: device, dtype, attention implementation."""
 
+    def count(self, outcome: CaptionOutcome) -> None:
+        """Count one clip's outcome: captioned (by attempt, with the parser's repairs) or failed by reason."""
+        self.clips += 1
+        self.new_tokens += outcome.new_tokens
+        if outcome.caption is None:
+            self.failed[outcome.failure] = self.failed.get(outcome.failure, 0) + 1
+            return
+        self.captioned += 1
+        self.attempts[str(outcome.attempts)] = self.attempts.get(str(outcome.attempts), 0) + 1
+        for fix in outcome.metrics["fixes"]:
+            self.fixes[fix] = self.fixes.get(fix, 0) + 1
+
     def add(self, other: CaptionStats) -> None:
         for name in ("clips", "captioned", "generations", "new_tokens", "generate_s"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
@@ -156,15 +168,7 @@ class Captioner:
                 unit.result = parse_caption(generation.text, unit.duration_s, cfg.parse, unit.prompt.prompt)
         outcomes = [self._outcome(clip, [u for u in units if u.clip == c]) for c, clip in enumerate(clips)]
         for outcome in outcomes:
-            stats.clips += 1
-            stats.new_tokens += outcome.new_tokens
-            if outcome.caption is not None:
-                stats.captioned += 1
-                stats.attempts[str(outcome.attempts)] = stats.attempts.get(str(outcome.attempts), 0) + 1
-                for fix in outcome.metrics["fixes"]:
-                    stats.fixes[fix] = stats.fixes.get(fix, 0) + 1
-            else:
-                stats.failed[outcome.failure] = stats.failed.get(outcome.failure, 0) + 1
+            stats.count(outcome)
         return outcomes, stats
 
     def _outcome(self, clip: PreparedClip, units: list[_Unit]) -> CaptionOutcome:

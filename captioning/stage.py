@@ -43,8 +43,7 @@ class CaptionModelStage:
         outcomes, stats = self.captioner.run(prepared)
         stats.runtime = self.backend.runtime
         for outcome in failed:
-            stats.clips += 1
-            stats.failed[outcome.failure] = stats.failed.get(outcome.failure, 0) + 1
+            stats.count(outcome)
         return outcomes + failed, stats
 
 

@@ -121,10 +121,16 @@ def read_samples(uri: str) -> list[dict]:
     return samples
 
 
+def member(sample: dict, *extensions: str) -> str | None:
+    """The sample's member name (extension, as written: `MP4`, `Json`) for the first of `extensions`
+    it has, compared without case, the way webdataset's default lower-cased keys would match it."""
+    by_lower = {k.lower(): k for k in sample if not k.startswith("__")}
+    return next((by_lower[ext] for ext in extensions if ext in by_lower), None)
+
+
 def video_member(sample: dict) -> str | None:
     """The name (extension) of the sample's video member, if it has one."""
-    by_lower = {k.lower(): k for k in sample if not k.startswith("__")}
-    return next((by_lower[ext] for ext in VIDEO_MEMBERS if ext in by_lower), None)
+    return member(sample, *VIDEO_MEMBERS)
 
 
 def list_keys(uri: str) -> list[str]:

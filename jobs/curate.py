@@ -62,7 +62,7 @@ def prepare_output(layout: OutputLayout, spec: dict, overwrite: bool) -> None:
         previous = json.loads(storage.read_bytes(layout.spec))
         if previous["inputs_fingerprint"] != spec["inputs_fingerprint"]:
             raise ResumeRefused(
-                f"{layout.root} holds a run over other inputs ({previous['num_inputs']} videos, now "
+                f"{layout.root} holds a run over other inputs ({previous['num_inputs']} inputs, now "
                 f"{spec['num_inputs']}); pass --overwrite to start over, or use another --output"
             )
         if previous["config_fingerprint"] != spec["config_fingerprint"]:

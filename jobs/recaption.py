@@ -32,7 +32,7 @@ from curation import ffmpeg_tools, storage
 from curation.inputs import InputError, Task, check_subset, expand_shards, in_sample, make_tasks
 from curation.layout import OutputLayout
 from curation.record import RECAPTION_SCHEMA, SHARD_SCHEMA, flatten_record
-from curation.shards import TaskShardWriter, list_keys, read_samples, video_member
+from curation.shards import TaskShardWriter, list_keys, member, read_samples, video_member
 from curation.writer import clear_task, parquet_bytes
 from jobs.captioning_stage import add_caption_actors, caption_report, check_captioning, prep_columns
 from jobs.curate import prepare_output
@@ -82,7 +82,7 @@ def _read_row(row: dict, cfg: RecaptionConfig, quotas: dict, fraction: float, se
 
 def _load_record(sample: dict) -> tuple[dict, str | None]:
     """The sample's JSON record (empty when it has none), and why it could not be read, if it could not."""
-    name = next((k for k in sample if k.lower() == "json"), None)
+    name = member(sample, "json")
     if name is None:
         return {}, None
     try:
@@ -99,7 +99,7 @@ def _load_record(sample: dict) -> tuple[dict, str | None]:
 def _previous_caption(record: dict, sample: dict) -> dict | None:
     if record.get("caption"):
         return record["caption"]
-    txt = next((k for k in sample if k.lower() == "txt"), None)
+    txt = member(sample, "txt")
     return {"text": sample[txt].decode("utf-8", "replace")} if txt else None
 
 
@@ -127,7 +127,7 @@ def recaption_sample(
     record["errors"] = errors
     record["kept"] = kept
     members = {k: v for k, v in sample.items() if not k.startswith("__")}
-    txt = next((k for k in members if k.lower() == "txt"), "txt")
+    txt = member(members, "txt") or "txt"
     if outcome is not None and outcome.caption is not None:
         members[txt] = outcome.text.encode()
     return members, record, kept
@@ -159,7 +159,7 @@ def _write_row(row: dict, out: str, cfg: RecaptionConfig, fingerprint: str) -> d
             target = kept_writer if kept else dropped_writer
             record["shard"] = None
             if target is not None:
-                json_name = next((k for k in members if k.lower() == "json"), "json")
+                json_name = member(members, "json") or "json"
                 members[json_name] = b""  # holds the json's place in the member order until it is made
                 # the record names its own shard, so the part is chosen before the json is made
                 record["shard"] = target.place(sum(len(v) for v in members.values()))
