@@ -35,6 +35,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from captioning.parsing import REJECTION_REASONS, _words
+from captioning.streaming import Distribution, FrequentItems
 
 FAILURE_REASONS: tuple[str, ...] = (*REJECTION_REASONS, "undecodable")
 """What a caption failure can be (`CaptionOutcome.failure`); other text in an error is `other`."""
@@ -81,7 +82,6 @@ DISTRIBUTIONS: tuple[str, ...] = (
     "segments_per_second",
     "coverage",
 )
-PERCENTILES: tuple[int, ...] = (5, 25, 50, 75, 95)
 
 _LOW32 = np.uint64(0xFFFFFFFF)
 _SIGNATURE_SHIFT = np.uint64(32)  # multiply-add-shift hashing: bits 32.. of (a*x + b) mod 2**64
@@ -191,42 +191,6 @@ def _ratio(part: float, whole: float) -> float | None:
     return part / whole if whole else None
 
 
-class _Distribution:
-    """Exact count, mean, min and max; percentiles and histogram values from a reservoir sample
-    (Algorithm R), which is the whole data while it holds no more than `size` values."""
-
-    def __init__(self, size: int, rng: random.Random):
-        self.size, self.rng = size, rng
-        self.count, self.total = 0, 0.0
-        self.min: float | None = None
-        self.max: float | None = None
-        self.sample: list[float] = []
-
-    def add(self, value: float) -> None:
-        self.count += 1
-        self.total += value
-        self.min = value if self.min is None else min(self.min, value)
-        self.max = value if self.max is None else max(self.max, value)
-        if len(self.sample) < self.size:
-            self.sample.append(value)
-        else:
-            j = self.rng.randrange(self.count)
-            if j < self.size:
-                self.sample[j] = value
-
-    def result(self) -> dict:
-        out: dict = {"count": self.count, "mean": None, "min": self.min}
-        out.update({f"p{p}": None for p in PERCENTILES})
-        out["max"] = self.max
-        if self.count:
-            out["mean"] = self.total / self.count
-            for p, v in zip(PERCENTILES, np.percentile(self.sample, PERCENTILES), strict=True):
-                out[f"p{p}"] = float(v)
-        out["values"] = list(self.sample)
-        out["exact_percentiles"] = self.count <= self.size
-        return out
-
-
 class _DistinctCounter:
     """Distinct strings via a k-minimum-values sketch of their 64-bit hashes: exact while there are at
     most `k` distinct ones, then an estimate with relative error about 1/sqrt(k)."""
@@ -265,29 +229,6 @@ class _DistinctCounter:
         if not self.saturated:
             return len(self.kept), True
         return round((self.k - 1) / ((int(self.kept[-1]) + 1) / 2.0**64)), False
-
-
-class _FrequentItems:
-    """Misra-Gries summary: every key more frequent than n/(capacity+1) is kept, its count short by at
-    most that much; exact while there were never more than `capacity` distinct keys."""
-
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self.counts: dict[str, int] = {}
-        self.exact = True
-
-    def add(self, key: str) -> None:
-        if key in self.counts:
-            self.counts[key] += 1
-        elif len(self.counts) < self.capacity:
-            self.counts[key] = 1
-        else:
-            self.exact = False
-            self.counts = {k: c - 1 for k, c in self.counts.items() if c > 1}
-
-    def top(self, n: int) -> list[dict]:
-        ranked = sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
-        return [{"opening": k, "count": c} for k, c in ranked]
 
 
 class _StringColumn:
@@ -532,7 +473,7 @@ class CaptionStatsAccumulator:
         self.clips = self.kept = self.captioned = self.captioned_kept = self.failed = 0
         self.failures: Counter[str] = Counter()
         self.dists = {
-            name: _Distribution(sample_size, random.Random(f"{seed}:{name}")) for name in DISTRIBUTIONS
+            name: Distribution(sample_size, random.Random(f"{seed}:{name}")) for name in DISTRIBUTIONS
         }
         self.words = self.bigrams = 0
         self.vocabulary = _DistinctCounter(distinct_sketch_size)
@@ -540,7 +481,7 @@ class CaptionStatsAccumulator:
         self.repetitive = 0
         self.boilerplate = 0
         self.by_phrase: Counter[str] = Counter()
-        self.openings = _FrequentItems(openings_capacity)
+        self.openings = FrequentItems(openings_capacity)
         self.duplicates = _DuplicateIndex(num_perm, near_threshold, seed, max_bucket)
 
     def add(self, row: dict) -> None:
@@ -635,7 +576,7 @@ class CaptionStatsAccumulator:
                 "captions": self.boilerplate,
                 "share": _ratio(self.boilerplate, self.captioned),
                 "by_phrase": dict(sorted(self.by_phrase.items(), key=lambda kv: (-kv[1], kv[0]))),
-                "top_openings": self.openings.top(self.top_n),
+                "top_openings": [{"opening": k, "count": c} for k, c in self.openings.top(self.top_n)],
                 "openings_exact": self.openings.exact,
             },
             "duplicates": self.duplicates.result(self.top_n, self.max_group_ids),

@@ -107,9 +107,11 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def fingerprint(cfg: Any) -> str:
-    """A stable hash of a config, used to refuse resuming a run under a different config."""
-    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+def fingerprint(cfg: Any, ignore: tuple[str, ...] = ()) -> str:
+    """A stable hash of a config, used to refuse resuming a run under a different config; sections in
+    `ignore` (settings that do not change what a run writes to its shards) are left out."""
+    data = {k: v for k, v in to_dict(cfg).items() if k not in ignore}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def apply_override(data: dict, assignment: str) -> None:

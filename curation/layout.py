@@ -87,10 +87,26 @@ class OutputLayout:
     def shard_files(self) -> list[str]:
         return [u for u in storage.list_files(self.shards, recursive=False) if u.endswith(".tar")]
 
+    def manifest_parts(self, manifest_dir: str) -> list[str]:
+        return sorted(u for u in storage.list_files(manifest_dir, recursive=False) if u.endswith(".parquet"))
+
+    def iter_manifest(self, manifest_dir: str, columns: list[str] | None = None, batch_rows: int = 4096):
+        """A manifest's rows as dicts, one record batch of one part file at a time, so memory stays
+        bounded however large the run; `columns` limits what is read (absent ones are skipped)."""
+        import pyarrow as pa
+
+        for uri in self.manifest_parts(manifest_dir):
+            part = pq.ParquetFile(pa.BufferReader(storage.read_bytes(uri)))
+            names = part.schema_arrow.names
+            wanted = None if columns is None else [c for c in columns if c in names]
+            for batch in part.iter_batches(batch_size=batch_rows, columns=wanted):
+                yield from batch.to_pylist()
+
     def read_manifest(self, manifest_dir: str):
         """A manifest directory as one pyarrow Table (every part file)."""
         import pyarrow as pa
 
-        parts = [u for u in storage.list_files(manifest_dir, recursive=False) if u.endswith(".parquet")]
-        tables = [pq.read_table(pa.BufferReader(storage.read_bytes(u))) for u in parts]
+        tables = [
+            pq.read_table(pa.BufferReader(storage.read_bytes(u))) for u in self.manifest_parts(manifest_dir)
+        ]
         return pa.concat_tables(tables) if tables else None

@@ -103,8 +103,8 @@ def open_shard(uri: str):
     return fs.open_input_stream(path)
 
 
-def read_samples(uri: str) -> list[dict]:
-    """Every sample of a webdataset shard, grouped by key the way webdataset groups them.
+def iter_samples(uri: str):
+    """The samples of a webdataset shard one at a time, grouped by key the way webdataset groups them.
 
     A sample is `{"__key__": key, EXT: bytes, ...}` with its members in file order and their names
     as written (not lower-cased), so a shard can be rewritten member for member. Raises
@@ -114,11 +114,17 @@ def read_samples(uri: str) -> list[dict]:
 
     with open_shard(uri) as stream:
         files = tar_file_expander([{"url": uri, "stream": stream}])
-        samples = [dict(s) for s in group_by_keys(files, lcase=False)]
-    for sample in samples:
-        sample.pop("__url__", None)
-        sample.pop("__local_path__", None)
-    return samples
+        for grouped in group_by_keys(files, lcase=False):
+            sample = dict(grouped)
+            sample.pop("__url__", None)
+            sample.pop("__local_path__", None)
+            yield sample
+
+
+def read_samples(uri: str) -> list[dict]:
+    """Every sample of a shard (see `iter_samples`), read to the end before any is returned, so an
+    unreadable shard raises before its first sample is used."""
+    return list(iter_samples(uri))
 
 
 def member(sample: dict, *extensions: str) -> str | None:

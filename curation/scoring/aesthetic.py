@@ -117,6 +117,15 @@ def load_clip(cfg: AestheticConfig, device: torch.device) -> tuple[nn.Module, ob
         # OpenAI's weights were trained with QuickGELU; the plain config would load them silently
         # and produce wrong embeddings (the aesthetic head was fit on OpenAI ViT-L/14 features).
         quick_gelu = bool(tag.get("quick_gelu", False))
+        if tag:
+            try:  # found or fetched before the model is built: a missing file fails in a second, not ten
+                open_clip.pretrained.download_pretrained(tag)
+            except (RuntimeError, OSError, ValueError) as exc:
+                raise MissingModelError(
+                    f"{KEY}.clip_pretrained",
+                    f"could not load {name} weights {pretrained!r} ({exc}); without a network, set this "
+                    "to a local checkpoint file or pre-fill the Hugging Face cache",
+                ) from exc
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
             name, pretrained=pretrained or None, device=device, force_quick_gelu=quick_gelu
