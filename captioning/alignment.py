@@ -138,14 +138,22 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def alignment_report(
-    clips: list[ClipFrames], captions: list[dict], aligner: CaptionAligner, seed: int = 0
+    clips: list[ClipFrames],
+    captions: list[dict],
+    aligner: CaptionAligner,
+    seed: int = 0,
+    frame_embeddings: list[np.ndarray] | None = None,
 ) -> dict:
     """Alignment of each caption with its own clip, against a shuffled pairing as the baseline.
 
     Returns the per-clip numbers and the means: summary and segment similarity for true and shuffled
-    pairs, their margins, and the share of segments that match their own span best.
+    pairs, their margins, the share of segments that match their own span best, and every
+    similarity of both pairings (`distributions`, for histograms). `frame_embeddings` (one
+    `embed_frames` result per clip) may be given when the frames were embedded as they were decoded,
+    so a large sample never holds every clip's frames at once.
     """
-    frame_embeddings = [aligner.embed_frames(c.frames) for c in clips]
+    if frame_embeddings is None:
+        frame_embeddings = [aligner.embed_frames(c.frames) for c in clips]
     texts = sorted(
         {
             t
@@ -196,11 +204,25 @@ def alignment_report(
             "segments_checked": len(best),
             "own_span_best_share": float(np.mean(best)) if best else None,
         },
+        "distributions": {
+            "summary": {
+                "own": _present([a.summary for a in own]),
+                "shuffled": _present([a.summary for a in shuffled]),
+            },
+            "segments": {
+                "own": _present([s for a in own for s in a.segments]),
+                "shuffled": _present([s for a in shuffled for s in a.segments]),
+            },
+        },
         "per_clip": [
             {"key": a.key, "summary": a.summary, "segments": a.segments, "segment_mean": _mean(a.segments)}
             for a in own
         ],
     }
+
+
+def _present(values: list[float | None]) -> list[float]:
+    return [v for v in values if v is not None]
 
 
 def _margin(true: float | None, base: float | None) -> float | None:

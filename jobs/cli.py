@@ -45,6 +45,18 @@ def _add_recaption(sub) -> None:
     _add_subset(p, "samples")
 
 
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="(re)build OUT/report/ (index.html, report.json) from a run's outputs")
+    p.add_argument("output", metavar="OUT", help="a curate or recaption output directory or URI")
+    p.add_argument(
+        "--compare", metavar="OTHER_OUT", help="put another run beside this one (e.g. another captioner)"
+    )
+    p.add_argument(
+        "--max-clips", type=int, help="shorthand for --set report.max_clips=N (clips sampled for alignment)"
+    )
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="report.KEY=VALUE")
+
+
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="make sample videos and run the whole pipeline on them")
     p.add_argument("--output", "-o", default="demo_out")
@@ -56,8 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_curate(sub)
     _add_recaption(sub)
+    _add_report(sub)
     _add_demo(sub)
     args = parser.parse_args(argv)
+    from captioning.report.collect import ReportError
     from jobs.curate import ResumeRefused  # heavy imports (ray) only once arguments parse
 
     try:
@@ -82,11 +96,18 @@ def main(argv: list[str] | None = None) -> int:
                 args.input, args.output, cfg, overwrite=args.overwrite, num_cpus=args.num_cpus,
                 limit=args.limit, sample=args.sample,
             )  # fmt: skip
+        elif args.command == "report":
+            from jobs.report import run_report
+
+            overrides = list(args.overrides)
+            if args.max_clips is not None:
+                overrides.append(f"report.max_clips={args.max_clips}")
+            run_report(args.output, overrides, compare=args.compare)
         elif args.command == "demo":
             from jobs.demo import run_demo
 
             run_demo(args.output, num_cpus=args.num_cpus)
-    except (config_lib.ConfigError, InputError, ResumeRefused) as exc:
+    except (config_lib.ConfigError, InputError, ResumeRefused, ReportError) as exc:
         print(f"reelmill {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -32,8 +32,9 @@ from curation.scoring_stage import CpuScoringStage
 from curation.splitter import ClipSplitter
 from curation.writer import TaskWriter, apply_filters
 from jobs.captioning_stage import add_caption_actors, caption_report, check_captioning, prep_columns
-from jobs.job_configs import CurateJobConfig
+from jobs.job_configs import NOT_IN_FINGERPRINT, CurateJobConfig
 from jobs.ray_runtime import fit_actor_cpus, ray_session
+from jobs.report import report_after_job
 from jobs.run_info import versions
 
 
@@ -269,7 +270,7 @@ def run_curate(
     check_models(cfg)
     tasks = make_tasks(uris, cfg.input.videos_per_task)
     layout = OutputLayout(output)
-    fingerprint = config_lib.fingerprint(cfg)
+    fingerprint = config_lib.fingerprint(cfg, ignore=NOT_IN_FINGERPRINT)
     spec = {
         "config": config_lib.to_dict(cfg),
         "config_fingerprint": fingerprint,
@@ -336,4 +337,5 @@ def run_curate(
     }
     storage.write_bytes(layout.run_json, json.dumps(run, indent=1).encode())
     log(summary_line(counts, wall, output, models))
+    report_after_job(output, cfg.report, log)
     return run

@@ -89,6 +89,7 @@ def run_demo(output: str, num_cpus: int | None = None) -> dict:
     print(f"  shards     {len(shards)} in {layout.shards}")
     print(f"  manifests  {layout.videos_manifest}  {layout.clips_manifest}")
     print(f"  run.json   {layout.run_json}")
+    print(f"  report     {layout.path('report', 'index.html')}  (rebuild: reelmill report {curated})")
     videos = layout.read_manifest(layout.videos_manifest).to_pylist()
     for v in videos:
         detail = f"{v['num_kept']}/{v['num_clips']} clips kept" if v["status"] == "ok" else v["error"]

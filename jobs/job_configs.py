@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from captioning.caption_config import CaptionConfig
+from captioning.report.config import ReportConfig
 from curation.config import check
 from curation.curate_config import CurateConfig, ShardConfig
 
@@ -18,6 +19,11 @@ class CurateJobConfig(CurateConfig):
     """Everything `reelmill curate` does: the curation sections, then captioning of the kept clips."""
 
     captioning: CaptionConfig = field(default_factory=CaptionConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+
+NOT_IN_FINGERPRINT = ("report",)
+"""Config sections that do not change what a job writes to its shards: changing them never blocks a resume."""
 
 
 @dataclass
@@ -45,6 +51,7 @@ class RecaptionConfig:
     read_cpus: float = 1.0
     """CPUs per task that reads a shard and prepares its frames."""
     write_cpus: float = 0.25
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     def __post_init__(self):
         check(self.read_cpus > 0, "read_cpus", "must be > 0")

@@ -36,8 +36,9 @@ from curation.shards import TaskShardWriter, list_keys, member, read_samples, vi
 from curation.writer import clear_task, parquet_bytes
 from jobs.captioning_stage import add_caption_actors, caption_report, check_captioning, prep_columns
 from jobs.curate import prepare_output
-from jobs.job_configs import RecaptionConfig
+from jobs.job_configs import NOT_IN_FINGERPRINT, RecaptionConfig
 from jobs.ray_runtime import fit_actor_cpus, ray_session
+from jobs.report import report_after_job
 from jobs.run_info import versions
 
 
@@ -243,7 +244,7 @@ def run_recaption(
     check_captioning(cfg.captioning)
     fraction, seed = sample or 1.0, cfg.captioning.vlm.seed
     tasks = make_tasks(uris, cfg.input.shards_per_task)
-    fingerprint = config_lib.fingerprint(cfg)
+    fingerprint = config_lib.fingerprint(cfg, ignore=NOT_IN_FINGERPRINT)
     selection = {"sample": sample, "limit": limit}
     spec = {
         "config": config_lib.to_dict(cfg),
@@ -311,4 +312,5 @@ def run_recaption(
         f"{counts['caption_failed']} failed, {counts['kept']} written in {counts['shards']} shards, {wall:.1f}s "
         f"-> {output}" + (f" [models: {models}]" if models else "")
     )
+    report_after_job(output, cfg.report, log)
     return run

@@ -24,3 +24,7 @@ def test_make_demo(tmp_path):
     shards = sorted((out / "curated" / "shards").glob("*.tar"))
     keys = [s["__key__"] for url in shards for s in wds.WebDataset(str(url), shardshuffle=False)]
     assert len(keys) == run["counts"]["clips_kept"] > 0
+    report = json.loads((out / "curated" / "report" / "report.json").read_text())
+    assert report["run"]["models"] == "random-weights" and report["alignment"]["status"] == "ok"
+    assert report["funnel"]["kept_clips"] == len(keys)
+    assert "models: random-weights" in (out / "curated" / "report" / "index.html").read_text()

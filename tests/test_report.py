@@ -1,0 +1,290 @@
+"""The quality report on real runs: a curate run over generated videos (a broken upload, a still shot, a
+too-short shot) captioned by the tiny fine-tuned VLM, its numbers recomputed here from the manifests,
+the page checked in headless Chromium, and `--compare` against a recaption by a second tiny VLM."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import webdataset as wds
+from browser import render_page
+
+from captioning.report.plots import THRESHOLD_COLOR, histogram_grid
+from captioning.tiny_vlm import build_tiny_qwen2_vl, fit_answer
+from conftest import caption_overrides, model_overrides
+from curation import config, synthetic
+from curation.synthetic import Shot, VideoSpec, shot_list
+from jobs.curate import run_curate
+from jobs.job_configs import CurateJobConfig, RecaptionConfig
+from jobs.recaption import run_recaption
+
+REELMILL = str(Path(sys.executable).with_name("reelmill"))
+STILL = "testsrc2=size={s}:rate={r},trim=end_frame=1,loop=loop=-1:size=1,setpts=N/({r})/TB"
+RULES = (
+    "filters.rules=[{score: brightness, min: 0.08}, {score: motion, min: 0.0012}, "
+    "{score: motion, max: 0.1}, {score: sharpness, min: 20}]"
+)
+OTHER_ANSWER = (
+    "Summary: Another tiny model gives this different caption.\n"
+    "0.0-1.5s: A different opening line from the second model.\n"
+    "1.5-2.0s: And a closing line that the first model never writes."
+)
+SECTIONS = [
+    "funnel", "scores", "captions", "alignment",
+    "examples-worst_aligned", "examples-random", "examples-longest_captions",
+]  # fmt: skip
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[^\W_]+", text.lower())
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory, multi_shot_video):
+    d = tmp_path_factory.mktemp("report-videos")
+    (d / multi_shot_video.name).symlink_to(multi_shot_video)
+    synthetic.make_video(d / "still.mp4", VideoSpec([Shot(STILL, 75)], 320, 240))
+    synthetic.make_video(d / "second.mp4", VideoSpec(shot_list([70, 80]), 256, 144))
+    (d / "broken.mp4").write_bytes(multi_shot_video.read_bytes()[:3000])
+    return d
+
+
+@pytest.fixture(scope="module")
+def curated(ray_local, videos, tiny_vlm, tiny_aesthetic, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report-run") / "out"
+    overrides = [
+        *model_overrides(tiny_aesthetic),
+        *caption_overrides(tiny_vlm),
+        RULES,
+        "input.videos_per_task=2",
+    ]
+    run = run_curate([str(videos)], str(out), config.load(CurateJobConfig, "curate", "default", overrides))
+    return out, run, json.loads((out / "report" / "report.json").read_text())
+
+
+def manifest(out: Path, name: str) -> pd.DataFrame:
+    return pd.read_parquet(out / "manifest" / name)
+
+
+def test_curate_writes_the_report_and_its_funnel_matches_the_manifests(curated):
+    out, _, report = curated
+    assert (out / "report" / "index.html").is_file()
+    videos, clips = manifest(out, "videos"), manifest(out, "clips")
+    f = report["funnel"]
+    ok = videos[videos.status == "ok"]
+    assert f["videos"] == len(videos) == 4 and f["videos_ok"] == len(ok) == 3
+    assert f["probe_errors"] == videos[videos.status == "error"].error_code.value_counts().to_dict()
+    assert f["shots"] == ok.num_shots.sum()
+    assert f["candidate_clips"] == len(clips) and f["kept_clips"] == clips.kept.sum()
+    assert f["drops"] == clips[~clips.kept].drop_reason.value_counts().to_dict()
+    assert {"duration<2", "motion<0.0012"} <= set(f["drops"])
+    assert f["hours_in"] == pytest.approx(ok.duration_s.sum() / 3600)
+    assert f["hours_kept"] == pytest.approx(clips[clips.kept].duration_s.sum() / 3600)
+    assert [n for _, n in f["stages"]] == [4, 3, f["shots"], len(clips), clips.kept.sum()]
+
+
+def test_score_distributions_and_thresholds_match_the_manifest(curated):
+    out, _, report = curated
+    clips = manifest(out, "clips")
+    motion = clips["scores.motion"].dropna().to_numpy()
+    entry = report["scores"]["motion"]
+    assert entry["count"] == len(motion) and entry["mean"] == pytest.approx(motion.mean())
+    assert entry["min"] == pytest.approx(motion.min()) and entry["max"] == pytest.approx(motion.max())
+    assert entry["p50"] == pytest.approx(np.percentile(motion, 50))
+    assert sum(entry["histogram"]["counts"]) == len(motion)
+    low, high = entry["thresholds"]
+    assert (low["side"], low["value"], high["side"], high["value"]) == ("min", 0.0012, "max", 0.1)
+    assert low["beyond"] == (motion < 0.0012).sum() >= 1
+    assert low["share_beyond"] == pytest.approx((motion < 0.0012).mean())
+    assert low["dropped_by_rule"] == (clips.drop_reason == "motion<0.0012").sum()
+    durations = clips.duration_s.to_numpy()
+    (short,) = report["scores"]["duration_s"]["thresholds"]
+    assert short["beyond"] == (durations < 2).sum() >= 1
+    for name in ("motion", "sharpness", "brightness", "aesthetic", "duration_s", "short_side_px"):
+        assert name in report["scores"]
+    assert "content_x" not in report["scores"]  # a position, not a quality, unless a rule filters on it
+
+
+def test_thresholds_are_drawn_on_the_score_plots(curated):
+    out, _, report = curated
+    assert (out / "report" / report["plots"]["scores"]).is_file()
+    for name, entry in report["scores"].items():
+        assert sorted(entry["plot_lines"]) == sorted(t["value"] for t in entry["thresholds"]), name
+    assert report["scores"]["motion"]["plot_lines"] == [0.0012, 0.1]
+
+
+def test_histogram_grid_reads_its_threshold_lines_back_from_the_axes(tmp_path):
+    panels = [
+        {"title": "a", "histogram": {"edges": [0, 1, 2], "counts": [3, 4]},
+         "thresholds": [{"side": "min", "value": 0.5, "share_beyond": 0.25}]},
+        {"title": "b", "histogram": {"edges": [], "counts": []}},
+    ]  # fmt: skip
+    drawn = histogram_grid(str(tmp_path / "grid.png"), panels)
+    assert drawn == {"a": [0.5], "b": []}
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(tmp_path / "grid.png").convert("RGB")).astype(int)
+    red = np.array([int(THRESHOLD_COLOR[i : i + 2], 16) for i in (1, 3, 5)])
+    assert (np.abs(pixels - red).sum(axis=2) < 30).sum() > 50  # the dashed line is in the picture
+
+
+def test_caption_statistics_match_the_manifest(curated):
+    out, _, report = curated
+    clips = manifest(out, "clips")
+    captioned = clips[clips["caption.summary"].notna()]
+    c = report["captions"]
+    assert c["counts"]["captioned"] == len(captioned) == clips.kept.sum() >= 4
+    per_caption = [
+        len(words(row["caption.summary"])) + sum(len(words(s["text"])) for s in row["caption.segments"])
+        for _, row in captioned.iterrows()
+    ]
+    assert c["distributions"]["words_per_caption"]["mean"] == pytest.approx(np.mean(per_caption))
+    segments = [len(s) for s in captioned["caption.segments"]]
+    assert c["distributions"]["segments_per_clip"]["mean"] == pytest.approx(np.mean(segments))
+    coverage = [
+        sum(min(s["end_s"], d) - s["start_s"] for s in segs) / d
+        for segs, d in zip(captioned["caption.segments"], captioned.duration_s, strict=True)
+    ]
+    assert c["distributions"]["coverage"]["mean"] == pytest.approx(np.mean(coverage))
+    # every clip has the one stand-in caption: one group of exact duplicates holding all of them
+    assert c["duplicates"]["exact"]["groups"] == 1 and c["duplicates"]["exact"]["clips"] == len(captioned)
+    assert c["boilerplate"]["top_openings"][0] == {"opening": "a stand in", "count": len(captioned)}
+
+
+def test_alignment_is_scored_against_a_shuffled_baseline(curated):
+    out, _, report = curated
+    a = report["alignment"]
+    kept = int(manifest(out, "clips").kept.sum())
+    assert a["status"] == "ok" and a["model"] == "reelmill-tiny-vit"
+    assert a["sample"]["aligned"] == a["sample"]["captioned_clips"] == kept
+    for part in ("summary", "segments"):
+        assert a[part]["shuffled_mean"] is not None
+        assert a[part]["margin"] == pytest.approx(a[part]["mean"] - a[part]["shuffled_mean"])
+        assert len(a["distributions"][part]["shuffled"]) == len(a["distributions"][part]["own"]) > 0
+    assert a["temporal"]["segments_checked"] == 2 * kept  # two segments per clip, each with frames
+    assert 0 <= a["temporal"]["own_span_best_share"] <= 1
+
+
+def test_galleries_show_sheets_and_point_into_the_shards(curated):
+    out, _, report = curated
+    examples = report["examples"]
+    worst = [c["alignment"]["segment_mean"] for c in examples["worst_aligned"]]
+    assert worst == sorted(worst) and len(worst) == min(6, len(report["examples"]["random"]) or 6)
+    assert len(examples["longest_captions"]) >= 4
+    for gallery in examples.values():
+        for clip in gallery:
+            sheet = out / "report" / clip["sheet"]
+            assert sheet.stat().st_size > 1000 and clip["sheet_times"] == sorted(clip["sheet_times"])
+            assert clip["sheet_times"][-1] < clip["duration_s"]
+            keys = [
+                s["__key__"] for s in wds.WebDataset(str(out / "shards" / clip["shard"]), shardshuffle=False)
+            ]
+            assert clip["key"] in keys
+
+
+def test_the_page_renders_in_chromium_with_every_section_and_image(curated, tmp_path):
+    out, _, report = curated
+    page = render_page(out / "report" / "index.html", tmp_path / "page.png", 1366, 4000)
+    assert page.ok, (page.broken_images, page.empty_sections)
+    assert page.sections == SECTIONS
+    assert page.screenshot_size == (1366, 4000)
+    html = (out / "report" / "index.html").read_text()
+    assert f"{report['alignment']['sample']['aligned']} clips aligned" in html
+    for clip in report["examples"]["random"]:
+        assert f'href="../shards/{clip["shard"]}"' in html and clip["key"] in html
+
+
+def test_report_command_rebuilds_with_a_smaller_sample(curated):
+    out, _, _ = curated
+    done = subprocess.run(
+        [REELMILL, "report", str(out), "--max-clips", "3", "--set", "report.examples=2"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["settings"]["max_clips"] == 3 and report["alignment"]["sample"]["aligned"] == 3
+    assert len(report["examples"]["random"]) == 2 and len(report["examples"]["worst_aligned"]) == 2
+    assert "3 clips aligned" in (out / "report" / "index.html").read_text()
+
+
+def test_report_command_refuses_what_is_not_a_run(tmp_path):
+    done = subprocess.run([REELMILL, "report", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "holds no run" in done.stderr
+    done = subprocess.run(
+        [REELMILL, "report", str(tmp_path), "--set", "max_clips=3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2
+
+
+def test_a_run_with_nothing_kept_still_gets_a_full_page(ray_local, videos, tmp_path):
+    out = tmp_path / "out"
+    cfg = config.load(
+        CurateJobConfig, "curate", "default", ["scoring.aesthetic.enabled=false", "captioning.enabled=false"]
+    )
+    run_curate([str(videos / "broken.mp4")], str(out), cfg)
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["funnel"]["probe_errors"] == {"truncated": 1} and report["funnel"]["kept_clips"] == 0
+    assert report["alignment"]["status"] == "skipped"
+    page = render_page(out / "report" / "index.html", tmp_path / "page.png", 1280, 2000)
+    assert page.ok and page.sections == SECTIONS
+
+
+def test_report_settings_do_not_block_a_resume():
+    base = config.load(CurateJobConfig, "curate", "default")
+    changed = config.load(CurateJobConfig, "curate", "default", ["report.max_clips=5"])
+    assert config.fingerprint(base, ignore=("report",)) == config.fingerprint(changed, ignore=("report",))
+    assert config.fingerprint(base) != config.fingerprint(changed)
+
+
+@pytest.fixture(scope="module")
+def other_vlm(tmp_path_factory) -> str:
+    path = build_tiny_qwen2_vl(tmp_path_factory.mktemp("tiny-vlm-other"), answers=(OTHER_ANSWER,))
+    fit_answer(path, answer=OTHER_ANSWER)
+    return path
+
+
+def test_compare_lists_both_runs_and_the_most_different_captions(curated, other_vlm, tmp_path):
+    out, _, _ = curated
+    other = tmp_path / "recaptioned"
+    cfg = config.load(RecaptionConfig, "recaption", "default", caption_overrides(other_vlm))
+    run_recaption([str(out)], str(other), cfg)
+    kept = int(manifest(out, "clips").kept.sum())
+    recaptioned = json.loads((other / "report" / "report.json").read_text())  # built at the end of the job
+    f = recaptioned["funnel"]
+    assert (
+        f["job"] == "recaption" and f["samples"] == f["selected"] == f["captioned"] == f["kept_clips"] == kept
+    )
+    assert recaptioned["alignment"]["status"] == "skipped"  # no CLIP model named for a recaption here
+    done = subprocess.run(
+        [REELMILL, "report", str(out), "--compare", str(other)], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "report" / "report.json").read_text())
+    cmp = report["compare"]
+    assert cmp["other"]["output"] == str(other) and cmp["other"]["caption_model"] == other_vlm
+    d = cmp["captions"]
+    assert d["compared"] == kept and d["identical_share"] == 0
+    assert len(d["most_different"]) == min(6, kept)
+    for pair in d["most_different"]:
+        assert pair["this"]["summary"] == "A stand-in caption written by a tiny test model."
+        assert pair["other"]["summary"] == "Another tiny model gives this different caption."
+        assert 0 < pair["difference"] <= 1
+    metrics = {m["metric"]: m for m in cmp["metrics"]}
+    words_mean = metrics["captions.distributions.words_per_caption.mean"]
+    assert words_mean["this"] == report["captions"]["distributions"]["words_per_caption"]["mean"]
+    other_words = len(
+        words(OTHER_ANSWER.replace("Summary:", "").replace("0.0-1.5s:", "").replace("1.5-2.0s:", ""))
+    )
+    assert words_mean["other"] == pytest.approx(other_words)
+    margin = metrics["alignment.segments.margin"]  # both runs scored with this run's CLIP model
+    assert margin["this"] is not None and margin["other"] is not None
+    page = render_page(out / "report" / "index.html", tmp_path / "page.png", 1366, 3000)
+    assert page.ok and page.sections == [*SECTIONS, "compare"]
