@@ -76,7 +76,7 @@ def measure(run: RunOutputs, cfg: ReportConfig, log=print, keep_frames: bool = T
     Returns (report dict without pictures, key -> ClipFrames of gallery clips).
     """
     log(f"reelmill report: reading the manifests of {run.layout.root}")
-    found: Collected = collect(run, cfg)
+    found: Collected = collect(run, cfg, log)
     pool, longest = found.pool, found.longest
     rng = random.Random(f"{cfg.seed}:gallery")
     random_keys = {c["key"] for c in rng.sample(pool, min(cfg.examples, len(pool)))}

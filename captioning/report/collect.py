@@ -315,7 +315,10 @@ class Collected:
     longest: list[dict]
 
 
-def collect(run: RunOutputs, cfg: ReportConfig) -> Collected:
+PROGRESS_ROWS = 100_000
+
+
+def collect(run: RunOutputs, cfg: ReportConfig, log=print) -> Collected:
     """Stream the clip manifest once through every consumer, then the videos or shards manifest."""
     scores = _ScoreCollector(run.config, cfg.seed)
     captions = CaptionStatsAccumulator(seed=cfg.seed, top_n=20)
@@ -324,6 +327,8 @@ def collect(run: RunOutputs, cfg: ReportConfig) -> Collected:
     totals = {"candidates": 0, "kept": 0, "captioned": 0, "seconds": 0.0, "seconds_kept": 0.0}
     for row in run.layout.iter_manifest(run.layout.clips_manifest, CLIP_COLUMNS):
         totals["candidates"] += 1
+        if totals["candidates"] % PROGRESS_ROWS == 0:
+            log(f"reelmill report: {totals['candidates']:,} clip rows read")
         seconds = row.get("duration_s") or 0.0
         totals["seconds"] += seconds
         if row.get("kept"):
