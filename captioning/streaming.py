@@ -14,28 +14,46 @@ import numpy as np
 PERCENTILES: tuple[int, ...] = (5, 25, 50, 75, 95)
 
 
+class Reservoir:
+    """A uniform sample of at most `size` items of a stream (Algorithm R), the whole stream while it
+    has no more; `seen` counts every item offered."""
+
+    def __init__(self, size: int, rng: random.Random):
+        self.size, self.rng = size, rng
+        self.seen = 0
+        self.items: list = []
+
+    def add(self, item) -> None:
+        self.seen += 1
+        if len(self.items) < self.size:
+            self.items.append(item)
+        else:
+            j = self.rng.randrange(self.seen)
+            if j < self.size:
+                self.items[j] = item
+
+
 class Distribution:
     """Exact count, mean, min and max; percentiles and histogram values from a reservoir sample
     (Algorithm R), which is the whole data while it holds no more than `size` values."""
 
     def __init__(self, size: int, rng: random.Random):
-        self.size, self.rng = size, rng
+        self.size = size
         self.count, self.total = 0, 0.0
         self.min: float | None = None
         self.max: float | None = None
-        self.sample: list[float] = []
+        self.reservoir = Reservoir(size, rng)
+
+    @property
+    def sample(self) -> list[float]:
+        return self.reservoir.items
 
     def add(self, value: float) -> None:
         self.count += 1
         self.total += value
         self.min = value if self.min is None else min(self.min, value)
         self.max = value if self.max is None else max(self.max, value)
-        if len(self.sample) < self.size:
-            self.sample.append(value)
-        else:
-            j = self.rng.randrange(self.count)
-            if j < self.size:
-                self.sample[j] = value
+        self.reservoir.add(value)
 
     def result(self) -> dict:
         out: dict = {"count": self.count, "mean": None, "min": self.min}

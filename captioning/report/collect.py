@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from captioning.caption_stats import CaptionStatsAccumulator
 from captioning.parsing import _words
 from captioning.report.config import ReportConfig
-from captioning.streaming import Distribution, FrequentItems
+from captioning.streaming import Distribution, FrequentItems, Reservoir
 from curation import storage
 from curation.layout import OutputLayout
 from curation.record import SCORE_NAMES
@@ -197,23 +197,15 @@ class _ExamplePool:
     the longest captions: the only rows the report keeps whole."""
 
     def __init__(self, size: int, longest: int, seed: int):
-        self.size, self.longest = size, longest
-        self.rng = random.Random(f"{seed}:examples")
-        self.seen = 0
-        self.sample: list[dict] = []
+        self.longest = longest
+        self.reservoir = Reservoir(size, random.Random(f"{seed}:examples"))
         self.top: list[_Ranked] = []
 
     def add(self, row: dict) -> None:
         if not row.get("kept") or not row.get("shard") or row.get("caption.summary") is None:
             return
         clip = example_clip(row)
-        self.seen += 1
-        if len(self.sample) < self.size:
-            self.sample.append(clip)
-        else:
-            j = self.rng.randrange(self.seen)
-            if j < self.size:
-                self.sample[j] = clip
+        self.reservoir.add(clip)
         ranked = _Ranked(clip["words"], clip["key"], clip)
         if len(self.top) < self.longest:
             heapq.heappush(self.top, ranked)
@@ -351,7 +343,7 @@ def collect(run: RunOutputs, cfg: ReportConfig, log=print) -> Collected:
         scores=scores.result(totals["drops"], mode),
         resolutions=[{"resolution": k, "clips": c} for k, c in scores.resolutions.top(10)],
         captions=caption_result,
-        pool=pool.sample,
-        pool_of=pool.seen,
+        pool=pool.reservoir.items,
+        pool_of=pool.reservoir.seen,
         longest=pool.longest_captions(),
     )

@@ -121,22 +121,22 @@ def load_clip(cfg: AestheticConfig, device: torch.device) -> tuple[nn.Module, ob
             try:  # found or fetched before the model is built: a missing file fails in a second, not ten
                 open_clip.pretrained.download_pretrained(tag)
             except (RuntimeError, OSError, ValueError) as exc:
-                raise MissingModelError(
-                    f"{KEY}.clip_pretrained",
-                    f"could not load {name} weights {pretrained!r} ({exc}); without a network, set this "
-                    "to a local checkpoint file or pre-fill the Hugging Face cache",
-                ) from exc
+                raise _weights_missing(name, pretrained, exc) from exc
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
             name, pretrained=pretrained or None, device=device, force_quick_gelu=quick_gelu
         )
     except (RuntimeError, OSError, ValueError) as exc:
-        raise MissingModelError(
-            f"{KEY}.clip_pretrained",
-            f"could not load {name} weights {pretrained!r} ({exc}); without a network, set this to "
-            "a local checkpoint file or pre-fill the Hugging Face cache",
-        ) from exc
+        raise _weights_missing(name, pretrained, exc) from exc
     return model.eval(), preprocess
+
+
+def _weights_missing(name: str, pretrained: str, exc: Exception) -> MissingModelError:
+    return MissingModelError(
+        f"{KEY}.clip_pretrained",
+        f"could not load {name} weights {pretrained!r} ({exc}); without a network, set this to "
+        "a local checkpoint file or pre-fill the Hugging Face cache",
+    )
 
 
 class AestheticScorer:
