@@ -448,10 +448,13 @@ class CaptionStatsAccumulator:
         distinct_sketch_size: int = 1 << 16,
         openings_capacity: int = 10_000,
         max_bucket: int = 1000,
+        max_duplicate_clips: int | None = None,
     ):
         """`top_n` bounds every ranked list (openings, duplicate groups, near-duplicate examples);
         `max_bucket`: an LSH bucket with more distinct texts than this pairs only its first ones
-        (reported as `truncated_buckets`, the near-duplicate counts then being lower bounds)."""
+        (reported as `truncated_buckets`, the near-duplicate counts then being lower bounds);
+        `max_duplicate_clips`: duplicates are looked for among the first this many captioned clips
+        only (None: all), which bounds the one part of the state that grows with the run."""
         if sample_size < 1 or num_perm < 1 or top_n < 0 or max_group_ids < 1 or max_bucket < 2:
             raise ValueError("sample_size, num_perm, max_group_ids >= 1, top_n >= 0, max_bucket >= 2")
         if not 0.0 < near_threshold <= 1.0:
@@ -468,6 +471,7 @@ class CaptionStatsAccumulator:
             "distinct_sketch_size": distinct_sketch_size,
             "openings_capacity": openings_capacity,
             "max_bucket": max_bucket,
+            "max_duplicate_clips": max_duplicate_clips,
         }
         self.top_n, self.max_group_ids = top_n, max_group_ids
         self.clips = self.kept = self.captioned = self.captioned_kept = self.failed = 0
@@ -483,6 +487,8 @@ class CaptionStatsAccumulator:
         self.by_phrase: Counter[str] = Counter()
         self.openings = FrequentItems(openings_capacity)
         self.duplicates = _DuplicateIndex(num_perm, near_threshold, seed, max_bucket)
+        self.max_duplicate_clips = max_duplicate_clips
+        self.duplicate_checked = self.duplicate_unchecked = 0
 
     def add(self, row: dict) -> None:
         """Count one clip row (kept or dropped, with or without a caption)."""
@@ -533,7 +539,14 @@ class CaptionStatsAccumulator:
         if summary_words:
             self.openings.add(" ".join(summary_words[:3]))
 
-        if all_words:
+        if (
+            all_words
+            and self.max_duplicate_clips is not None
+            and self.duplicate_checked >= self.max_duplicate_clips
+        ):
+            self.duplicate_unchecked += 1
+        elif all_words:
+            self.duplicate_checked += 1
             clip_id = row.get("clip_id") or row.get("key") or f"#{self.clips - 1}"
             # shingles: the word 3-grams of the whole caption, or its one- or two-word sequence
             shingles = trigrams if len(all_words) >= 3 else (bigrams if len(all_words) == 2 else hashes)
@@ -579,6 +592,10 @@ class CaptionStatsAccumulator:
                 "top_openings": [{"opening": k, "count": c} for k, c in self.openings.top(self.top_n)],
                 "openings_exact": self.openings.exact,
             },
-            "duplicates": self.duplicates.result(self.top_n, self.max_group_ids),
+            "duplicates": {
+                **self.duplicates.result(self.top_n, self.max_group_ids),
+                "checked_clips": self.duplicate_checked,
+                "unchecked_clips": self.duplicate_unchecked,
+            },
             "settings": dict(self.settings),
         }

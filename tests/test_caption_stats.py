@@ -497,3 +497,13 @@ def test_long_captions():
     [example] = near["examples"]
     assert example["clip_ids"] == ["long-1", "long-2"]
     assert example["jaccard"] == pytest.approx(jaccard(shingles(ws), shingles(other)), abs=0.05)
+
+
+def test_duplicate_detection_can_be_bounded_to_the_first_clips():
+    acc = CaptionStatsAccumulator(max_duplicate_clips=3)
+    for i in range(5):
+        acc.add(clip(f"c{i}", "the same summary of a clip", [(0.0, 5.0, "one text")]))
+    dup = acc.result()["duplicates"]
+    assert (dup["checked_clips"], dup["unchecked_clips"]) == (3, 2)
+    assert dup["exact"]["groups"] == 1 and dup["exact"]["clips"] == 3
+    assert acc.result()["counts"]["captioned"] == 5  # every other statistic still counts every clip

@@ -313,7 +313,7 @@ PROGRESS_ROWS = 100_000
 def collect(run: RunOutputs, cfg: ReportConfig, log=print) -> Collected:
     """Stream the clip manifest once through every consumer, then the videos or shards manifest."""
     scores = _ScoreCollector(run.config, cfg.seed)
-    captions = CaptionStatsAccumulator(seed=cfg.seed, top_n=20)
+    captions = CaptionStatsAccumulator(seed=cfg.seed, top_n=20, max_duplicate_clips=cfg.duplicate_clips)
     pool = _ExamplePool(cfg.max_clips, cfg.examples, cfg.seed)
     drops: Counter[str] = Counter()
     totals = {"candidates": 0, "kept": 0, "captioned": 0, "seconds": 0.0, "seconds_kept": 0.0}

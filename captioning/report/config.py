@@ -45,13 +45,16 @@ class ReportConfig:
     """A model config JSON for an architecture open_clip does not ship (as `scoring.aesthetic`)."""
     device: str = "auto"
     """`auto` (cuda when available), `cpu`, `cuda[:N]`."""
+    duplicate_clips: int = 250_000
+    """Exact and near-duplicate captions are looked for among the first this many captioned clips:
+    the one statistic whose memory grows with the clips it covers (about 0.85 KB each at its peak)."""
     compare_clips: int = 10_000
     """When comparing runs: clips (a sample by key hash, the same keys in both runs) whose captions
     are compared text to text."""
     seed: int = 0
 
     def __post_init__(self):
-        for key in ("max_clips", "examples", "sheet_frames", "compare_clips"):
+        for key in ("max_clips", "examples", "sheet_frames", "duplicate_clips", "compare_clips"):
             check(getattr(self, key) >= 1, f"{PREFIX}.{key}", "must be >= 1")
         check(self.frames_fps > 0, f"{PREFIX}.frames_fps", "must be > 0")
         check(self.max_frames >= 2, f"{PREFIX}.max_frames", "must be >= 2")

@@ -184,6 +184,11 @@ def _captions(report: dict) -> str:
         [[esc(o["opening"]), fmt(o["count"])] for o in boiler["top_openings"][:10]],
     )
     out += "<h3>Duplicates</h3>"
+    if dup["unchecked_clips"]:
+        out += (
+            f'<p class="note">Looked for among the first {fmt(dup["checked_clips"])} captioned clips; '
+            f"{fmt(dup['unchecked_clips'])} later ones were not checked (<code>report.duplicate_clips</code>).</p>"
+        )
     groups = [
         [fmt(g["count"]), ", ".join(f"<code>{esc(k)}</code>" for k in g["clip_ids"])]
         for g in dup["exact"]["top_groups"]
