@@ -7,6 +7,7 @@ copied into OUT/report/ (which may be an object store), replacing the previous r
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -67,21 +68,21 @@ def _gallery_key(clip: dict) -> float:
     return value if value is not None else float("inf")
 
 
-def measure(run: RunOutputs, cfg: ReportConfig, log=print, keep_frames: bool = True, clip_cfg=None):
+def measure(run: RunOutputs, cfg: ReportConfig, log=print, keep_frames: bool = True, load_aligner=None):
     """Every number of the report for one run, and the frames of the clips its galleries show.
 
-    `clip_cfg` (an AestheticConfig) is the CLIP model for alignment, by default `cfg.clip_config`
-    of this run; two compared runs are scored with the same one.
+    `load_aligner` returns (CaptionAligner, None) or (None, why not), loaded once: two compared runs
+    share one model. By default it loads `cfg.clip_config` of this run when a clip needs it.
 
-    Returns (report dict without pictures, key -> ClipFrames of gallery clips).
+    Returns (report dict without pictures, key -> ClipFrames of the gallery clips).
     """
     log(f"reelmill report: reading the manifests of {run.layout.root}")
     found: Collected = collect(run, cfg, log)
     pool, longest = found.pool, found.longest
     rng = random.Random(f"{cfg.seed}:gallery")
     random_keys = {c["key"] for c in rng.sample(pool, min(cfg.examples, len(pool)))}
-    clip_cfg = clip_cfg or cfg.clip_config(run.config)
-    aligner, why_not = _load_aligner(clip_cfg, cfg) if pool else (None, "no captioned clips in the shards")
+    load_aligner = load_aligner or (lambda: _load_aligner(cfg.clip_config(run.config), cfg))
+    aligner, why_not = load_aligner() if pool else (None, "no captioned clips in the shards")
     # with an aligner every sampled clip is decoded and embedded, one at a time; frames are kept only
     # for the clips a gallery shows (the worst aligned ones are decoded again once they are known)
     shown = random_keys | {c["key"] for c in longest} if keep_frames else set()
@@ -230,12 +231,14 @@ def build_report(root: str, cfg: ReportConfig, compare: str | None = None, log=p
     from captioning.report.page import render_page
 
     run = open_run(root)
-    report, frames = measure(run, cfg, log)
+    clip_cfg = cfg.clip_config(run.config)
+    load_aligner = functools.cache(lambda: _load_aligner(clip_cfg, cfg))
+    report, frames = measure(run, cfg, log, load_aligner=load_aligner)
     if compare is not None:
         from captioning.report.compare import compare_runs
 
         other = open_run(compare)
-        other_report, _ = measure(other, cfg, log, keep_frames=False, clip_cfg=cfg.clip_config(run.config))
+        other_report, _ = measure(other, cfg, log, keep_frames=False, load_aligner=load_aligner)
         report["compare"] = compare_runs(run, report, other, other_report, cfg, log)
     with tempfile.TemporaryDirectory(prefix="reelmill-report-") as tmp:
         draw(report, frames, tmp, cfg)
