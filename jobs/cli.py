@@ -57,6 +57,26 @@ def _add_report(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="report.KEY=VALUE")
 
 
+def _add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="a prompt to an mp4 with a trained VideoDiT checkpoint")
+    p.add_argument("--ckpt", required=True, help="a Lightning checkpoint of training.module.VideoDiTModule")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--output", "-o", required=True, help="the mp4 to write")
+    p.add_argument("--latent-shape", required=True, metavar="C,T,H,W", help="latent size to sample")
+    p.add_argument(
+        "--text-encoder", required=True, metavar="MODULE:FACTORY", help="makes an object with encode(prompts)"
+    )
+    p.add_argument(
+        "--vae", required=True, metavar="MODULE:FACTORY", help="makes an object with decode(latents)"
+    )
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (1: none)")
+    p.add_argument("--method", choices=["euler", "heun"], default="euler")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fps", type=float, default=16.0)
+    p.add_argument("--device", default="cpu")
+
+
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="make sample videos and run the whole pipeline on them")
     p.add_argument("--output", "-o", default="demo_out")
@@ -69,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_curate(sub)
     _add_recaption(sub)
     _add_report(sub)
+    _add_sample(sub)
     _add_demo(sub)
     args = parser.parse_args(argv)
     from captioning.report.collect import ReportError
@@ -103,6 +124,14 @@ def main(argv: list[str] | None = None) -> int:
             if args.max_clips is not None:
                 overrides.append(f"report.max_clips={args.max_clips}")
             run_report(args.output, overrides, compare=args.compare)
+        elif args.command == "sample":
+            from jobs.sample import parse_shape, run_sample
+
+            run_sample(
+                args.ckpt, args.prompt, args.output, parse_shape(args.latent_shape), args.text_encoder, args.vae,
+                steps=args.steps, guidance=args.guidance, method=args.method, seed=args.seed, fps=args.fps,
+                device=args.device,
+            )  # fmt: skip
         elif args.command == "demo":
             from jobs.demo import run_demo
 
