@@ -43,6 +43,11 @@ class OutputLayout:
         return self.path("manifest", "shards")
 
     @property
+    def samples_manifest(self) -> str:
+        """`encode`: one row per input sample: written, or skipped and why."""
+        return self.path("manifest", "samples")
+
+    @property
     def markers(self) -> str:
         return self.path("_markers")
 

@@ -29,14 +29,24 @@ def task_prefix(task_id: int, prefix: str = "shard") -> str:
 class TaskShardWriter:
     """Write a task's samples into consecutive parts; `write` returns the part's file name."""
 
-    def __init__(self, directory: str, task_id: int, max_clips: int, max_bytes: int, prefix: str = "shard"):
+    def __init__(
+        self,
+        directory: str,
+        task_id: int,
+        max_clips: int,
+        max_bytes: int,
+        prefix: str = "shard",
+        first_part: int = 0,
+    ):
+        """`first_part`: the number of the first part (a job that writes a task's parts from several
+        workers gives each its own range)."""
         self.directory = directory
         self.task_id = task_id
         self.max_clips = max_clips
         self.max_bytes = max_bytes
         self.prefix = prefix
         self.written: list[str] = []
-        self._part = -1
+        self._part = first_part - 1
         self._stack: contextlib.ExitStack | None = None
         self._tar: tarfile.TarFile | None = None
         self._count = 0

@@ -7,7 +7,7 @@ import sys
 
 from curation import config as config_lib
 from curation.inputs import InputError
-from jobs.job_configs import CurateJobConfig, RecaptionConfig
+from jobs.job_configs import CurateJobConfig, EncodeConfig, RecaptionConfig
 
 
 def _add_curate(sub) -> None:
@@ -57,24 +57,43 @@ def _add_report(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="report.KEY=VALUE")
 
 
+def _add_encode(sub) -> None:
+    p = sub.add_parser(
+        "encode", help="clip shards -> latent shards (VAE latents, text embeddings) for training"
+    )
+    p.add_argument("--input", "-i", nargs="+", required=True, help="a run's OUT, shard files, globs or URLs")
+    p.add_argument("--output", "-o", required=True, help="output directory or URI for the latent shards")
+    p.add_argument("--config", default="default", help="preset name in configs/encode/ or a YAML path")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--overwrite", action="store_true", help="discard what OUT holds and start over")
+    p.add_argument("--num-cpus", type=int, help="CPUs for the embedded local Ray (default: all)")
+
+
+def _add_train(sub) -> None:
+    sub.add_parser(
+        "train",
+        help="LightningCLI: reelmill train fit --config configs/train/dit-tiny-cpu.yaml --data.shards ...",
+        add_help=False,
+    )
+
+
 def _add_sample(sub) -> None:
-    p = sub.add_parser("sample", help="a prompt to an mp4 with a trained VideoDiT checkpoint")
-    p.add_argument("--ckpt", required=True, help="a Lightning checkpoint of training.module.VideoDiTModule")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--output", "-o", required=True, help="the mp4 to write")
-    p.add_argument("--latent-shape", required=True, metavar="C,T,H,W", help="latent size to sample")
-    p.add_argument(
-        "--text-encoder", required=True, metavar="MODULE:FACTORY", help="makes an object with encode(prompts)"
-    )
-    p.add_argument(
-        "--vae", required=True, metavar="MODULE:FACTORY", help="makes an object with decode(latents)"
-    )
+    p = sub.add_parser("sample", help="prompts to mp4s with a trained VideoDiT checkpoint")
+    p.add_argument("--ckpt", required=True, help="a checkpoint written by reelmill train")
+    p.add_argument("--prompt", required=True, action="append", help="repeat for several videos")
+    p.add_argument("--output", "-o", required=True, help="the mp4 to write (name-N.mp4 for several prompts)")
+    p.add_argument("--frames", type=int, dest="num_frames", help="default: the clip length it trained on")
+    p.add_argument("--height", type=int, help="default: the size it trained on")
+    p.add_argument("--width", type=int)
+    p.add_argument("--fps", type=float, help="default: the frame rate it trained on")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (1: none)")
     p.add_argument("--method", choices=["euler", "heun"], default="euler")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fps", type=float, default=16.0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--no-ema", action="store_true", help="sample the live weights instead of the EMA")
+    p.add_argument("--vae-model", help="load the VAE from here instead of the checkpoint's model.vae.model")
+    p.add_argument("--text-encoder-model", help="likewise for model.text_encoder.model")
 
 
 def _add_demo(sub) -> None:
@@ -89,8 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     _add_curate(sub)
     _add_recaption(sub)
     _add_report(sub)
+    _add_encode(sub)
+    _add_train(sub)
     _add_sample(sub)
     _add_demo(sub)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:  # every further argument is LightningCLI's
+        from jobs.train import main as train_main
+
+        return train_main(argv[1:])
     args = parser.parse_args(argv)
     from captioning.report.collect import ReportError
     from jobs.curate import ResumeRefused  # heavy imports (ray) only once arguments parse
@@ -124,13 +150,19 @@ def main(argv: list[str] | None = None) -> int:
             if args.max_clips is not None:
                 overrides.append(f"report.max_clips={args.max_clips}")
             run_report(args.output, overrides, compare=args.compare)
+        elif args.command == "encode":
+            from jobs.encode import run_encode
+
+            cfg = config_lib.load(EncodeConfig, "encode", args.config, args.overrides)
+            run_encode(args.input, args.output, cfg, overwrite=args.overwrite, num_cpus=args.num_cpus)
         elif args.command == "sample":
-            from jobs.sample import parse_shape, run_sample
+            from jobs.sample import run_sample
 
             run_sample(
-                args.ckpt, args.prompt, args.output, parse_shape(args.latent_shape), args.text_encoder, args.vae,
-                steps=args.steps, guidance=args.guidance, method=args.method, seed=args.seed, fps=args.fps,
-                device=args.device,
+                args.ckpt, args.prompt, args.output, num_frames=args.num_frames, height=args.height,
+                width=args.width, fps=args.fps, steps=args.steps, guidance=args.guidance, method=args.method,
+                seed=args.seed, device=args.device, use_ema=not args.no_ema, vae_model=args.vae_model,
+                text_encoder_model=args.text_encoder_model,
             )  # fmt: skip
         elif args.command == "demo":
             from jobs.demo import run_demo

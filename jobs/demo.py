@@ -1,4 +1,6 @@
-"""`reelmill demo` / `make demo`: the whole pipeline on sample videos it makes, on the embedded Ray."""
+"""`reelmill demo` / `make demo`: the whole pipeline on sample videos it makes, on the embedded Ray:
+curate (with captions and the report), encode the kept clips to latents, train the tiny DiT on them
+for a few steps on the CPU, and sample a prompt to an mp4."""
 
 from __future__ import annotations
 
@@ -9,7 +11,11 @@ from curation import config as config_lib
 from curation import storage, synthetic
 from curation.layout import OutputLayout
 from jobs.curate import run_curate
-from jobs.job_configs import CurateJobConfig
+from jobs.job_configs import CurateJobConfig, EncodeConfig
+
+DEMO_TRAIN_STEPS = 30
+DEMO_FRAMES = {"num_frames": 9, "fps": 8.0, "height": 64, "width": 64}
+"""The clip size of configs/train/dit-tiny-cpu.yaml: 3x8x8 latents with Wan's VAE."""
 
 
 def use_stand_in_models_if_missing(cfg: CurateJobConfig, directory: str) -> str | None:
@@ -69,6 +75,65 @@ def use_stand_in_vlm_if_missing(cfg: CurateJobConfig, directory: str) -> str | N
     return "random-weights"
 
 
+def use_stand_in_encoders_if_missing(cfg: EncodeConfig, directory: str) -> str | None:
+    """Encode with a tiny random-weight Wan VAE and UMT5 encoder when the configured ones are missing.
+
+    Returns "random-weights" when it did (and says so), None when the configured models load.
+    """
+    from training.encoders import text_encoder_dim, vae_latent_channels
+
+    try:
+        vae_latent_channels(cfg.vae)
+        text_encoder_dim(cfg.text_encoder)
+        return None
+    except config_lib.ConfigError:
+        pass
+    from training.tiny_encoders import build_tiny_wan_t2v
+
+    path = os.path.join(directory, "tiny-wan-t2v")
+    print(
+        f"reelmill demo: the VAE {cfg.vae.model} (vae.model) or the text encoder {cfg.text_encoder.model} "
+        "(text_encoder.model) is not on this machine and cannot be fetched; encoding and training with a tiny "
+        f"random-weight AutoencoderKLWan and UMT5 encoder of the same architectures, saved in {path}.\n"
+        "reelmill demo: their latents and embeddings mean nothing; every output is marked models: random-weights"
+    )
+    if not os.path.isdir(os.path.join(path, "vae")):
+        build_tiny_wan_t2v(path)
+    cfg.vae = type(cfg.vae)(model=path)
+    cfg.text_encoder = type(cfg.text_encoder)(model=path)
+    return "random-weights"
+
+
+def train_and_sample(latents: str, output: str, cfg: EncodeConfig, models: str | None) -> str:
+    """Train the tiny DiT on the latent shards for a few steps (the real `reelmill train` CLI), resume once
+    from its last checkpoint to show that works, and sample a held-out prompt from it."""
+    from dataclasses import asdict
+
+    from jobs.sample import run_sample
+    from jobs.train import main as train_main
+    from training.sample_callback import held_out_captions
+
+    recipe = str(config_lib.CONFIG_ROOT / "train" / "dit-tiny-cpu.yaml")
+    run_dir = os.path.join(output, "train")
+    shards = os.path.join(latents, "shards")
+    args = [
+        "fit", "--config", recipe, "--data.shards", shards, "--data.val_shards", shards,
+        "--data.kind", "latent", "--data.num_workers", "1", "--trainer.default_root_dir", run_dir,
+        "--trainer.val_check_interval", str(DEMO_TRAIN_STEPS), "--trainer.enable_progress_bar", "false",
+        "--model.vae", json.dumps(asdict(cfg.vae)), "--model.text_encoder", json.dumps(asdict(cfg.text_encoder)),
+        *[f"--data.{k}={v}" for k, v in DEMO_FRAMES.items()],
+    ]  # fmt: skip
+    print(f"\nreelmill demo: training the tiny DiT for {DEMO_TRAIN_STEPS} steps on {shards}")
+    train_main([*args, "--trainer.max_steps", str(DEMO_TRAIN_STEPS // 2)])
+    print("reelmill demo: resuming from the last checkpoint (--ckpt_path last)")
+    train_main([*args, "--trainer.max_steps", str(DEMO_TRAIN_STEPS), "--ckpt_path", "last"])
+    ckpt = os.path.join(run_dir, "checkpoints", "last.ckpt")
+    prompt = (held_out_captions(shards, 1) or ["a red ball rolls across a table"])[0]
+    video = os.path.join(output, "sample.mp4")
+    run_sample(ckpt, [prompt], video, steps=10, guidance=3.0, device="cpu")
+    return video
+
+
 def run_demo(output: str, num_cpus: int | None = None) -> dict:
     samples = os.path.join(output, "samples")
     if not os.path.isdir(samples) or not os.listdir(samples):
@@ -110,4 +175,23 @@ def run_demo(output: str, num_cpus: int | None = None) -> dict:
                 print(f"    [{seg['start_s']:.1f}-{seg['end_s']:.1f}s] {seg['text']}")
     if not shards or not storage.exists(layout.run_json):
         raise RuntimeError("demo produced no shards")
+
+    from jobs.encode import run_encode
+
+    encode_cfg = config_lib.load(
+        EncodeConfig, "encode", "default", [f"frames.{k}={v}" for k, v in DEMO_FRAMES.items()]
+    )
+    stand_in = use_stand_in_encoders_if_missing(encode_cfg, os.path.join(output, "models"))
+    models = "random-weights" if stand_in or models else None
+    latents = os.path.join(output, "latents")
+    print(f"\nreelmill demo: encoding the kept clips to latents in {latents}")
+    encoded = run_encode([curated], latents, encode_cfg, overwrite=True, num_cpus=num_cpus, models=models)
+    video = train_and_sample(latents, output, encode_cfg, models)
+    print("\nreelmill demo: the chain is complete" + (f"  [models: {models}]" if models else ""))
+    print(f"  curated    {curated}  ({len(shards)} shards, report in {layout.path('report', 'index.html')})")
+    print(
+        f"  latents    {latents}  ({encoded['counts']['written']} samples, skipped: {encoded['counts']['skipped'] or 'none'})"
+    )
+    print(f"  training   {os.path.join(output, 'train')}  (checkpoints/, tensorboard/, csv/, samples/)")
+    print(f"  sample     {video}")
     return run

@@ -1,61 +1,80 @@
 """`reelmill sample`: a prompt to an mp4 with a trained VideoDiT checkpoint.
 
-The prompt is embedded by a text encoder and the latents decoded by a VAE. Until the shard-trained
-encoders are wired in, both are named as `module:factory` import specs that return objects with
-`encode(prompts) -> (embeddings [B, L, D], mask [B, L])` and `decode(latents) -> video in [-1, 1]`.
+The checkpoint holds everything needed: the DiT and its EMA weights, and the configs of the VAE and
+text encoder it was trained with (rebuilt here through their libraries' loaders; `--vae-model` and
+`--text-encoder-model` point them elsewhere, e.g. on another machine). The clip size defaults to the
+one the data module trained on, also kept in a LightningCLI checkpoint.
 """
 
 from __future__ import annotations
 
-import importlib
+import torch
 
 from curation.config import ConfigError
 from training.module import VideoDiTModule
-from training.video_out import decode_latents, to_frames, write_mp4
+from training.video_out import to_frames, write_mp4
+
+SIZE_KEYS = ("num_frames", "height", "width", "fps")
 
 
-def load_object(spec: str, what: str):
-    """Call the factory named `package.module:name` and return what it makes."""
-    module, _, name = spec.partition(":")
-    if not module or not name:
-        raise ConfigError(f"--{what}: expected package.module:factory, got {spec!r}")
-    return getattr(importlib.import_module(module), name)()
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
 
 
 def run_sample(
     ckpt: str,
-    prompt: str,
+    prompts: list[str],
     output: str,
-    latent_shape: tuple[int, int, int, int],
-    text_encoder: str,
-    vae: str,
+    num_frames: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    fps: float | None = None,
     steps: int = 30,
     guidance: float = 5.0,
     method: str = "euler",
     seed: int = 0,
-    fps: float = 16.0,
-    device: str = "cpu",
+    device: str = "auto",
     use_ema: bool = True,
+    vae_model: str | None = None,
+    text_encoder_model: str | None = None,
     log=print,
-) -> str:
-    module = VideoDiTModule.load_from_checkpoint(ckpt, map_location=device).eval()
-    encoder, decoder = load_object(text_encoder, "text-encoder"), load_object(vae, "vae")
-    text, mask = encoder.encode([prompt])
-    latents = module.generate(
-        text.to(device), mask.to(device), latent_shape, use_ema=use_ema, steps=steps, guidance=guidance,
-        method=method, seed=seed,
-    )  # fmt: skip
-    video = decode_latents(decoder, latents)[0]
-    write_mp4(to_frames(video), output, fps=fps)
-    log(f"reelmill sample: {video.shape[1]} frames {video.shape[3]}x{video.shape[2]} -> {output}")
-    return output
-
-
-def parse_shape(text: str) -> tuple[int, int, int, int]:
+) -> list[str]:
+    """Write one mp4 per prompt (`output`, or `output` with `-N` before the suffix for several)."""
+    device = resolve_device(device)
     try:
-        parts = tuple(int(p) for p in text.split(","))
-    except ValueError:
-        parts = ()
-    if len(parts) != 4 or min(parts) < 1:
-        raise ConfigError(f"--latent-shape: expected C,T,H,W, got {text!r}")
-    return parts
+        saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise ConfigError(f"--ckpt {ckpt}: not a readable checkpoint ({exc})") from None
+    hparams = saved.get("hyper_parameters") or {}
+    trained = saved.get("datamodule_hyper_parameters") or {}
+    given = {"num_frames": num_frames, "height": height, "width": width, "fps": fps}
+    size = {k: given[k] if given[k] is not None else trained.get(k) for k in SIZE_KEYS}
+    missing = [k for k in SIZE_KEYS if size[k] is None]
+    if missing:
+        flags = ", ".join("--" + k.replace("num_", "") for k in missing)
+        raise ConfigError(f"--ckpt {ckpt} does not say the clip size it trained on; pass {flags}")
+    overrides = {}
+    for key, model in (("vae", vae_model), ("text_encoder", text_encoder_model)):
+        if hparams.get(key) is None:
+            raise ConfigError(
+                f"--ckpt {ckpt} was trained without model.{key}; it cannot decode or encode here"
+            )
+        if model is not None:
+            overrides[key] = {**hparams[key], "model": model}
+    module = VideoDiTModule.load_from_checkpoint(ckpt, map_location=device, **overrides).eval()
+    videos = module.generate_videos(
+        prompts, int(size["num_frames"]), int(size["height"]), int(size["width"]),
+        use_ema=use_ema, steps=steps, guidance=guidance, method=method, seed=seed,
+    )  # fmt: skip
+    paths = [output] if len(prompts) == 1 else [_numbered(output, i) for i in range(len(prompts))]
+    for path, video in zip(paths, videos, strict=True):
+        write_mp4(to_frames(video), path, fps=float(size["fps"]))
+        log(f"reelmill sample: {video.shape[1]} frames {video.shape[3]}x{video.shape[2]} -> {path}")
+    return paths
+
+
+def _numbered(path: str, i: int) -> str:
+    stem, dot, suffix = path.rpartition(".")
+    return f"{stem}-{i}.{suffix}" if dot else f"{path}-{i}"

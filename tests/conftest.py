@@ -191,3 +191,52 @@ def decode_frames(path: Path, width: int = 64, height: int = 48):
         120,
     )
     return np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3).astype(np.float32)
+
+
+TRAIN_VIDEOS = {  # three sources, two to three shots each: six kept clips of 2.6-3.8 s
+    "first.mp4": VideoSpec(shot_list([70, 100]), 256, 144, fps="25"),
+    "second.mp4": VideoSpec(shot_list([80, 70, 90], cycle=("mandelbrot", "bars", "testsrc2")), 320, 240),
+    "third.mp4": VideoSpec(shot_list([95, 75], cycle=("gradients", "testsrc2")), 240, 160),
+}
+
+
+@pytest.fixture(scope="session")
+def curated_run(tmp_path_factory, tiny_vlm) -> Path:
+    """A real `reelmill curate` run (its own local Ray, in a subprocess) over generated videos, captioned
+    by the tiny VLM, two clips to a shard: the OUT that training, `encode` and their tests read."""
+    import subprocess
+    import sys
+
+    videos = tmp_path_factory.mktemp("train-videos")
+    for name, spec in TRAIN_VIDEOS.items():
+        synthetic.make_video(videos / name, spec)
+    out = tmp_path_factory.mktemp("train-curated") / "out"
+    sets = [
+        *caption_overrides(tiny_vlm),
+        "scoring.aesthetic.enabled=false",
+        "filters.mode=score-only",
+        "input.videos_per_task=1",
+        "shards.max_clips=2",
+    ]
+    cmd = [
+        str(Path(sys.executable).with_name("reelmill")),
+        "curate",
+        "--input",
+        str(videos),
+        "--output",
+        str(out),
+    ]
+    for assignment in sets:
+        cmd += ["--set", assignment]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_wan(tmp_path_factory) -> str:
+    """A tiny random-weight AutoencoderKLWan, UMT5 encoder and tokenizer, laid out like the Wan hub repo
+    (vae/, text_encoder/, tokenizer/): the default subfolders of VAEConfig/TextEncoderConfig find them."""
+    from training.tiny_encoders import build_tiny_wan_t2v
+
+    return build_tiny_wan_t2v(tmp_path_factory.mktemp("tiny-wan"))

@@ -1,6 +1,10 @@
 """The LightningModule that trains a VideoDiT with rectified flow on latent clips.
 
-A batch is `{"latents": [B, C, T, H, W], "text": [B, L, D], "text_mask": [B, L]}`. Each step draws
+A batch is `{"latents": [B, C, T, H, W], "text": [B, L, D], "text_mask": [B, L]}` (latent shards),
+or `{"video": uint8 [B, 3, T, H, W], "caption": [str]}` (clip shards), which the frozen VAE and
+text encoder named in `vae` / `text_encoder` turn into the former on the device, after the transfer.
+The encoders are loaded only when needed (video batches, sampling) and are never part of the
+checkpoint: it holds their configs, so `reelmill sample` rebuilds them. Each step draws
 logit-normal times (shifted by token count), noises the latents along the straight path, drops the
 text of a `text_drop` share of samples (for classifier-free guidance) and regresses the velocity.
 An EMA copy of the weights is kept as a submodule, so it is saved and restored with the checkpoint
@@ -18,6 +22,16 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
+from curation import config as config_lib
+from training.clip_decode import uint8_to_model_range
+from training.encoders import (
+    TextEncoder,
+    TextEncoderConfig,
+    VAEConfig,
+    VideoVAE,
+    text_encoder_dim,
+    vae_latent_channels,
+)
 from training.flow import auto_shift, interpolate, sample_time, velocity_target
 from training.model import DiTConfig, VideoDiT, preset
 from training.sampler import null_text, sample
@@ -45,12 +59,27 @@ class VideoDiTModule(L.LightningModule):
         t_mean: float = 0.0,
         t_std: float = 1.0,
         compile: bool = False,
+        vae: dict | None = None,
+        text_encoder: dict | None = None,
     ):
         """`model`: a preset name (tiny, S, B, L, XL) with `model_overrides` (in_channels, text_dim,
-        patch, factorized, checkpointing, ...). `shift`: None grows it with the token count."""
+        patch, factorized, checkpointing, ...). `shift`: None grows it with the token count.
+        `vae`, `text_encoder`: `training.encoders.VAEConfig` / `TextEncoderConfig` fields; when given,
+        `in_channels` and `text_dim` default to theirs (read from their configs, no weights loaded)."""
         super().__init__()
         self.save_hyperparameters()
-        self.model = VideoDiT(preset(model, **(model_overrides or {})))
+        self.vae_config = config_lib.from_dict(VAEConfig, vae, "model.vae.") if vae is not None else None
+        self.text_config = (
+            config_lib.from_dict(TextEncoderConfig, text_encoder, "model.text_encoder.")
+            if text_encoder is not None
+            else None
+        )
+        overrides = dict(model_overrides or {})
+        if self.vae_config is not None:
+            overrides.setdefault("in_channels", vae_latent_channels(self.vae_config))
+        if self.text_config is not None:
+            overrides.setdefault("text_dim", text_encoder_dim(self.text_config))
+        self.model = VideoDiT(preset(model, **overrides))
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         # The compiled wrapper shares the model's weights; it stays out of the module tree so the
         # checkpoint holds every weight once.
@@ -65,6 +94,34 @@ class VideoDiTModule(L.LightningModule):
         if use_ema:
             return self.ema
         return self._compiled if self._compiled is not None else self.model
+
+    def encoders(self) -> tuple[VideoVAE, TextEncoder]:
+        """The frozen VAE and text encoder on this module's device, loaded on first use (kept out of the
+        module tree: not trained, not in the checkpoint, not moved or wrapped by the strategy)."""
+        if self.vae_config is None or self.text_config is None:
+            raise config_lib.ConfigError(
+                "model.vae and model.text_encoder: this batch or sample needs the encoders; set both"
+            )
+        cached = self.__dict__.get("_encoders")
+        if cached is None or cached[0] != self.device:
+            cached = (
+                self.device,
+                VideoVAE.from_config(self.vae_config, self.device),
+                TextEncoder.from_config(self.text_config, self.device),
+            )
+            self.__dict__["_encoders"] = cached
+        return cached[1], cached[2]
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Clip batches become latent batches here, on the device, before the step sees them."""
+        if "latents" in batch:
+            return batch
+        vae, text_encoder = self.encoders()
+        video = batch["video"]  # uint8 from the loader (a quarter of the bytes), or float in [-1, 1]
+        if video.dtype == torch.uint8:
+            video = uint8_to_model_range(video)
+        text, mask = text_encoder.encode(list(batch["caption"]))
+        return {**batch, "latents": vae.encode(video), "text": text, "text_mask": mask}
 
     def time_shift(self, latents_shape) -> float:
         if self.hparams.shift is not None:
@@ -177,3 +234,13 @@ class VideoDiTModule(L.LightningModule):
             return sample(net, text, text_mask, shape, **kwargs)
         finally:
             net.train(was_training)
+
+    @torch.no_grad()
+    def generate_videos(
+        self, prompts: list[str], num_frames: int, height: int, width: int, **kwargs
+    ) -> torch.Tensor:
+        """Videos [B, 3, T, H, W] in [-1, 1] for `prompts`: text encoder, sampler, VAE decode."""
+        vae, text_encoder = self.encoders()
+        text, mask = text_encoder.encode(list(prompts))
+        latents = self.generate(text, mask, vae.latent_shape(num_frames, height, width), **kwargs)
+        return vae.decode(latents)

@@ -1,0 +1,349 @@
+"""`reelmill encode`: clip shards in, latent shards out, so training loads no VAE or text encoder.
+
+Each written sample holds `KEY.latent.npy` (float16 [C, T', H', W']: the normalized VAE latent of the
+clip's `frames.*` window, decoded exactly as the data module decodes clips), `KEY.text.npy` (float16
+[V, L, D]: the text encoder's token embeddings of each caption variant, dense then summary, zero
+padded to the longest), `KEY.text_mask.npy` (bool [V, L]), `KEY.json` (the record, with an `encoding`
+section) and `KEY.txt` (the dense caption). A sample that cannot be encoded (no video, no caption,
+too short for `frames.num_frames` at `frames.fps`, undecodable) is not written: it is a row in
+`manifest/samples` with its reason, like every sample.
+
+The Ray Data pipeline: tasks of input shards are read and their clips decoded in CPU tasks, which
+hand on chunks of `shards.clips_per_shard` clips (memory stays bounded however large a shard); an
+actor pool holds the VAE and the text encoder (on a GPU each when the cluster has GPUs) and encodes
+chunk after chunk; CPU tasks write each chunk as one shard part `shard-TTTTTT-CCC.tar` with its
+manifest part. A task's completion marker is written once all its chunks are, so a rerun after a
+crash redoes exactly the unfinished tasks, as `curate` does.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import pickle
+import sys
+import tarfile
+import time
+from collections import Counter
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from curation import config as config_lib
+from curation import ffmpeg_tools, storage
+from curation.inputs import InputError, Task, expand_shards, make_tasks
+from curation.layout import OutputLayout
+from curation.shards import TaskShardWriter, iter_samples, member, video_member
+from curation.writer import clear_task, parquet_bytes
+from jobs.curate import prepare_output
+from jobs.job_configs import EncodeConfig
+from jobs.ray_runtime import fit_actor_cpus, ray_session
+from jobs.run_info import versions
+
+SAMPLE_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("input_shard", pa.string()),
+        ("task_id", pa.int64()),
+        ("status", pa.string()),  # ok | skipped | shard_error
+        ("reason", pa.string()),  # no_video | no_caption | too_short | undecodable | unreadable: ...
+        ("shard", pa.string()),
+        ("latent_shape", pa.list_(pa.int64())),
+        ("text_tokens", pa.list_(pa.int64())),  # real tokens per caption variant
+    ]
+)
+
+
+def _decode_sample(sample: dict, cfg: EncodeConfig) -> tuple[dict | None, str | None]:
+    """(the clip ready for the encoders, None) or (None, why it is skipped)."""
+    from training.data import ClipTooShort, CorruptClip, caption_variants, decode_clip
+
+    video = video_member(sample)
+    if video is None:
+        return None, "no_video"
+    variants = caption_variants(sample)
+    if not variants:
+        return None, "no_caption"
+    f = cfg.frames
+    try:
+        frames = decode_clip(sample[video], f.num_frames, f.fps, f.height, f.width, crop=f.crop)
+    except ClipTooShort:
+        return None, "too_short"
+    except CorruptClip:
+        return None, "undecodable"
+    json_name = member(sample, "json")
+    try:
+        record = json.loads(sample[json_name]) if json_name else {}
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        record = {}
+    return {"key": sample["__key__"], "frames": frames.numpy(), "variants": variants, "record": record}, None
+
+
+def _read_task(row: dict, cfg: EncodeConfig):
+    """Yield a task's clips in chunks of `clips_per_shard`, decoded; skipped samples and unreadable
+    shards ride on the first chunk. A task always yields at least one (perhaps empty) chunk."""
+    task: Task = pickle.loads(row["task"])
+    size = cfg.shards.clips_per_shard
+    skipped, chunk, index = [], [], 0
+
+    def emit(last: bool):
+        nonlocal skipped, chunk, index
+        out = {
+            "task_id": task.task_id,
+            "chunk": index,
+            "last": last,
+            "clips": pickle.dumps(chunk),
+            "skipped": pickle.dumps(skipped),
+        }
+        skipped, chunk, index = [], [], index + 1
+        return out
+
+    for uri in task.uris:
+        try:
+            for sample in iter_samples(uri):
+                clip, reason = _decode_sample(sample, cfg)
+                if clip is None:
+                    skipped.append({"key": sample["__key__"], "input_shard": uri, "reason": reason})
+                    continue
+                chunk.append(clip | {"input_shard": uri})
+                if len(chunk) == size:
+                    yield emit(last=False)
+        except (tarfile.TarError, OSError, ValueError, EOFError) as exc:  # a broken or missing shard
+            skipped.append({"key": None, "input_shard": uri, "reason": f"unreadable: {exc}"})
+    yield emit(last=True)
+
+
+class EncodeActor:
+    """Ray Data actor: the VAE and the text encoder are loaded once, then encode chunk after chunk."""
+
+    def __init__(self, cfg: EncodeConfig):
+        import torch
+
+        from training.encoders import TextEncoder, VideoVAE
+
+        device = cfg.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.cfg = cfg
+        self.vae = VideoVAE.from_config(cfg.vae, device)
+        self.text = TextEncoder.from_config(cfg.text_encoder, device)
+
+    def encode(self, clips: list[dict]) -> list[dict]:
+        import torch
+
+        from training.data import to_model_range
+
+        out = []
+        for start in range(0, len(clips), self.cfg.batch_size):
+            batch = clips[start : start + self.cfg.batch_size]
+            video = torch.stack([to_model_range(torch.from_numpy(c["frames"])) for c in batch])
+            latents = self.vae.encode(video).cpu().numpy().astype(np.float16)  # [B, C, T', H', W']
+            prompts = [v for c in batch for v in c["variants"]]
+            embeddings, mask = self.text.encode(prompts)  # [sum V, L, D], [sum V, L]
+            embeddings, mask = embeddings.float().cpu().numpy(), mask.cpu().numpy()
+            row = 0
+            for clip, latent in zip(batch, latents, strict=True):
+                v = len(clip["variants"])
+                m = mask[row : row + v]
+                length = max(1, int(m.sum(axis=1).max()))
+                text = (embeddings[row : row + v, :length] * m[:, :length, None]).astype(np.float16)
+                out.append(
+                    {
+                        **{k: clip[k] for k in ("key", "input_shard", "record", "variants")},
+                        "latent": latent,
+                        "text": text,
+                        "text_mask": m[:, :length].astype(bool),
+                    }
+                )
+                row += v
+        return out
+
+    def __call__(self, batch: dict) -> dict:
+        out = {k: list(v) for k, v in batch.items() if k != "clips"}
+        out["encoded"] = [pickle.dumps(self.encode(pickle.loads(clips))) for clips in batch["clips"]]
+        return out
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _write_chunk(row: dict, out: str, cfg: EncodeConfig) -> dict:
+    """One chunk -> one shard part and one manifest part; returns the chunk's counts for the driver."""
+    layout = OutputLayout(out)
+    task_id, chunk = int(row["task_id"]), int(row["chunk"])
+    encoded, skipped = pickle.loads(row["encoded"]), pickle.loads(row["skipped"])
+    f = cfg.frames
+    rows = []
+    with TaskShardWriter(layout.shards, task_id, len(encoded) or 1, 2**62, first_part=chunk) as writer:
+        for sample in encoded:
+            record = dict(sample["record"])
+            record["encoding"] = {
+                "num_frames": f.num_frames,
+                "fps": f.fps,
+                "height": f.height,
+                "width": f.width,
+                "crop": f.crop,
+                "latent_shape": list(sample["latent"].shape),
+                "variants": ["dense", "summary"][: len(sample["variants"])],
+            }
+            members = {
+                "latent.npy": _npy(sample["latent"]),
+                "text.npy": _npy(sample["text"]),
+                "text_mask.npy": _npy(sample["text_mask"]),
+                "json": json.dumps(record, sort_keys=True).encode(),
+                "txt": sample["variants"][0].encode(),
+            }
+            shard = writer.write(sample["key"], members)
+            rows.append(
+                {
+                    "key": sample["key"],
+                    "input_shard": sample["input_shard"],
+                    "task_id": task_id,
+                    "status": "ok",
+                    "reason": None,
+                    "shard": shard,
+                    "latent_shape": list(sample["latent"].shape),
+                    "text_tokens": [int(n) for n in sample["text_mask"].sum(axis=1)],
+                }
+            )
+    for s in skipped:
+        status = "shard_error" if s["key"] is None else "skipped"
+        rows.append(s | {"task_id": task_id, "status": status, "shard": None})
+    part = storage.join(layout.samples_manifest, f"task-{task_id:06d}-{chunk:03d}.parquet")
+    storage.write_bytes(part, parquet_bytes(rows, SAMPLE_SCHEMA))
+    reasons = Counter(r["reason"].split(":")[0] for r in rows if r["status"] != "ok")
+    summary = {
+        "written": len(encoded),
+        "skipped": dict(reasons),
+        "shards": writer.written,
+    }
+    return {"task_id": task_id, "chunk": chunk, "last": bool(row["last"]), "summary": json.dumps(summary)}
+
+
+def _merge(into: dict, summary: dict) -> dict:
+    into["written"] = into.get("written", 0) + summary["written"]
+    into["skipped"] = dict(Counter(into.get("skipped", {})) + Counter(summary["skipped"]))
+    into["shards"] = into.get("shards", []) + summary["shards"]
+    return into
+
+
+def run_encode(
+    inputs: list[str],
+    output: str,
+    cfg: EncodeConfig,
+    overwrite: bool = False,
+    num_cpus: int | None = None,
+    log=print,
+    models: str | None = None,
+) -> dict:
+    """Run the whole encode job; returns what it writes to run.json."""
+    from training.encoders import text_encoder_dim, vae_latent_channels
+
+    started = time.perf_counter()
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    ffmpeg_tools.require_binaries()
+    uris = expand_shards(inputs)
+    layout = OutputLayout(output)
+    inside = [u for u in uris if u.startswith(layout.root.rstrip("/") + "/")]
+    if inside:
+        raise InputError(f"input shard {inside[0]} lies inside --output {output}; write to another directory")
+    # fail before any work when a model is missing (their configs name the key to set)
+    latent_channels, text_dim = vae_latent_channels(cfg.vae), text_encoder_dim(cfg.text_encoder)
+    tasks = make_tasks(uris, cfg.input.shards_per_task)
+    fingerprint = config_lib.fingerprint(cfg)
+    spec = {
+        "config": config_lib.to_dict(cfg),
+        "config_fingerprint": fingerprint,
+        "inputs_fingerprint": hashlib.sha256(json.dumps(uris).encode()).hexdigest()[:16],
+        "num_inputs": len(uris),
+    }
+    prepare_output(layout, spec, overwrite)
+    done = {tid for tid, m in layout.completed_markers().items() if m.get("run_fingerprint") == fingerprint}
+    pending = [t for t in tasks if t.task_id not in done]
+    log(
+        f"reelmill encode: {len(uris)} shards in {len(tasks)} tasks; {len(done)} done already, "
+        f"{len(pending)} to run"
+    )
+    for task in pending:
+        clear_task(layout, task.task_id)
+    fresh: dict[int, dict] = {}
+    with ray_session(num_cpus) as ray_info:
+        if pending:
+            gpus = cfg.num_gpus
+            if gpus is None:
+                gpus = 1.0 if ray_info["cluster_resources"].get("GPU", 0) > 0 else 0.0
+            fitted = fit_actor_cpus({"encode": (cfg.cpus, cfg.actors)}, cfg.read_cpus, ray_info, log)
+            ds = ray.data.from_items(
+                [{"task": pickle.dumps(t)} for t in pending], override_num_blocks=len(pending)
+            )
+            ds = ds.flat_map(functools.partial(_read_task, cfg=cfg), num_cpus=cfg.read_cpus)
+            ds = ds.map_batches(
+                EncodeActor,
+                fn_constructor_kwargs={"cfg": cfg},
+                batch_size=1,  # a row is a chunk of clips: batched inside the actor
+                compute=ray.data.ActorPoolStrategy(size=cfg.actors),
+                num_cpus=fitted["encode"],
+                num_gpus=gpus,
+                memory=int(cfg.memory_gb * 2**30),
+            )
+            ds = ds.map(functools.partial(_write_chunk, out=output, cfg=cfg), num_cpus=cfg.write_cpus)
+            chunks: dict[int, list] = {}
+            for row in ds.iter_rows():
+                task_id = int(row["task_id"])
+                chunks.setdefault(task_id, []).append(row)
+                rows = chunks[task_id]
+                last = next((r for r in rows if r["last"]), None)
+                if last is not None and len(rows) == int(last["chunk"]) + 1:  # every chunk of the task
+                    summary = {"task_id": task_id}
+                    for r in rows:
+                        _merge(summary, json.loads(r["summary"]))
+                    storage.write_bytes(
+                        layout.marker(task_id),
+                        json.dumps({**summary, "run_fingerprint": fingerprint}).encode(),
+                    )
+                    fresh[task_id] = summary
+                    log(
+                        f"reelmill encode: task {task_id}: {summary['written']} written, "
+                        f"skipped {summary['skipped'] or 'none'} ({len(fresh)}/{len(pending)})"
+                    )
+    wall = time.perf_counter() - started
+    markers = layout.completed_markers()
+    total: dict = {}
+    for t in tasks:
+        if t.task_id in markers:
+            _merge(total, markers[t.task_id])
+    counts = {
+        "written": total.get("written", 0),
+        "skipped": total.get("skipped", {}),
+        "shards": len(total.get("shards", [])),
+    }
+    run = {
+        "job": "encode",
+        "command": sys.argv,
+        "inputs": inputs,
+        "output": output,
+        "started_at": started_at,
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "config": spec["config"],
+        "config_fingerprint": fingerprint,
+        "versions": versions(("torch", "diffusers", "transformers")),
+        "ray": ray_info,
+        "tasks": {"total": len(tasks), "run_now": len(fresh), "skipped_done": len(done)},
+        "counts": counts,
+        "latent": {"channels": latent_channels, "text_dim": text_dim},
+        "timings": {"wall_s": wall, "clips_per_s": sum(s["written"] for s in fresh.values()) / wall},
+        "models": models or "pretrained",
+    }
+    storage.write_bytes(layout.run_json, json.dumps(run, indent=1).encode())
+    log(
+        f"reelmill encode: {counts['written']} samples written in {counts['shards']} shards, skipped "
+        f"{counts['skipped'] or 'none'}, {wall:.1f}s -> {output}" + (f" [models: {models}]" if models else "")
+    )
+    return run

@@ -1,0 +1,209 @@
+"""Training on curated shards end to end: `reelmill encode` on a local Ray, latent shards against clip
+shards through the same module, and `reelmill train` killed, resumed from `last`, then `reelmill sample`."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import webdataset as wds
+
+from curation import config, ffmpeg_tools
+from curation.layout import OutputLayout
+from jobs.encode import run_encode
+from jobs.job_configs import EncodeConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+REELMILL = str(Path(sys.executable).with_name("reelmill"))
+FRAMES = {"num_frames": 9, "fps": 8.0, "height": 64, "width": 64}
+
+
+def encode_cfg(tiny_wan: str, **frames) -> EncodeConfig:
+    sets = [f"frames.{k}={v}" for k, v in {**FRAMES, **frames}.items()]
+    sets += [
+        f"vae.model={tiny_wan}",
+        f"text_encoder.model={tiny_wan}",
+        "device=cpu",
+        "shards.clips_per_shard=3",
+    ]
+    return config.load(EncodeConfig, "encode", "default", sets)
+
+
+@pytest.fixture(scope="module")
+def latents(ray_local, curated_run, tiny_wan, tmp_path_factory):
+    out = tmp_path_factory.mktemp("latents") / "out"
+    return out, run_encode([str(curated_run)], str(out), encode_cfg(tiny_wan))
+
+
+def test_encode_writes_a_latent_sample_for_every_clip(latents, curated_run, tiny_wan):
+    out, run = latents
+    clips = [
+        s
+        for url in OutputLayout(str(curated_run)).shard_files()
+        for s in wds.WebDataset(url, shardshuffle=False)
+    ]
+    written = {}
+    for url in OutputLayout(str(out)).shard_files():
+        for sample in wds.WebDataset(url, shardshuffle=False).decode():
+            written[sample["__key__"]] = sample
+    assert set(written) == {c["__key__"] for c in clips} and run["counts"]["written"] == len(clips)
+    for key, sample in written.items():
+        latent, text, mask = sample["latent.npy"], sample["text.npy"], sample["text_mask.npy"]
+        assert latent.dtype == "float16" and latent.shape[1:] == (3, 8, 8)
+        assert text.dtype == "float16" and text.ndim == 3 and mask.shape == text.shape[:2]
+        assert len(text) == 2 and mask.any(axis=1).all()  # dense and summary, both with real tokens
+        assert (text[~mask] == 0).all()
+        record = sample["json"]
+        assert record["clip_id"] == key and record["encoding"]["latent_shape"] == list(latent.shape)
+        assert sample["txt"].startswith(record["caption"]["summary"])
+    rows = OutputLayout(str(out)).read_manifest(OutputLayout(str(out)).samples_manifest).to_pylist()
+    assert sorted(r["key"] for r in rows) == sorted(written) and {r["status"] for r in rows} == {"ok"}
+    assert run["models"] == "pretrained" and run["latent"]["channels"] == latent.shape[0]
+
+
+def test_encode_skips_clips_too_short_as_rows_and_resumes(ray_local, curated_run, tiny_wan, tmp_path):
+    out = tmp_path / "out"
+    cfg = encode_cfg(tiny_wan, num_frames=25)  # 3.0 s at 8 fps: the shorter clips cannot fill it
+    run = run_encode([str(curated_run)], str(out), cfg)
+    layout = OutputLayout(str(out))
+    rows = layout.read_manifest(layout.samples_manifest).to_pylist()
+    skipped = [r for r in rows if r["status"] == "skipped"]
+    assert skipped and {r["reason"] for r in skipped} == {"too_short"}
+    assert run["counts"]["skipped"] == {"too_short": len(skipped)}
+    assert run["counts"]["written"] == len(rows) - len(skipped) > 0
+    again = run_encode([str(curated_run)], str(out), cfg)  # every task has its marker: nothing to redo
+    assert again["tasks"]["run_now"] == 0 and again["counts"] == run["counts"]
+
+
+def batches_by_key(datamodule) -> dict[str, dict]:
+    datamodule.setup("fit")
+    out = {}
+    for batch in datamodule.train_dataloader():
+        for i, key in enumerate(batch["__key__"]):
+            out[key] = {k: (v[i] if isinstance(v, (torch.Tensor, list)) else v) for k, v in batch.items()}
+    return out
+
+
+def test_latent_shards_give_the_batches_clip_shards_give(latents, curated_run, tiny_wan):
+    """The same clips through the video path (decode, VAE and text encoder in the module) and through
+    the latent shards `encode` wrote: the same latents and text embeddings, within float16."""
+    from training.data import ShardDataModule
+    from training.module import VideoDiTModule
+
+    out, _ = latents
+    common = dict(
+        batch_size=2, num_workers=0, resampled=False, crop="start", dense_caption_prob=1.0, **FRAMES
+    )
+    video = ShardDataModule(shards=str(curated_run), kind="video", **common)
+    latent = ShardDataModule(shards=str(out), kind="latent", **common)
+    module = VideoDiTModule("tiny", vae={"model": tiny_wan}, text_encoder={"model": tiny_wan})
+    from_video = {}
+    for key, sample in batches_by_key(video).items():
+        batch = module.on_after_batch_transfer(
+            {"video": sample["video"][None], "caption": [sample["caption"]]}, 0
+        )
+        from_video[key] = batch
+    from_latents = batches_by_key(latent)
+    assert set(from_video) == set(from_latents) and len(from_video) >= 5
+    for key, encoded in from_video.items():
+        stored = from_latents[key]
+        torch.testing.assert_close(stored["latents"], encoded["latents"][0], atol=2e-2, rtol=1e-2)
+        n = int(encoded["text_mask"][0].sum())
+        assert int(stored["text_mask"].sum()) == n
+        torch.testing.assert_close(stored["text"][:n], encoded["text"][0, :n], atol=2e-2, rtol=1e-2)
+        assert stored["caption"] == encoded["caption"][0]
+
+
+CALLBACKS = """
+trainer:
+  callbacks:
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args: {every_n_train_steps: 2, save_last: true}
+    - class_path: training.sample_callback.SampleVideos
+      init_args: {every_n_steps: 4, num_prompts: 1, steps: 2}
+    - class_path: training.data.LoaderStatsCallback
+"""
+
+
+def train_args(curated_run: Path, tiny_wan: str, run_dir: Path, max_steps: int) -> list[str]:
+    encoder = {"model": tiny_wan}
+    callbacks = run_dir.parent / "callbacks.yaml"
+    callbacks.write_text(CALLBACKS)
+    return [
+        REELMILL, "train", "fit", "--config", str(ROOT / "configs/train/dit-tiny-cpu.yaml"), "--config", str(callbacks),
+        "--data.shards", str(curated_run / "shards"), "--data.val_shards", str(curated_run / "shards"),
+        "--trainer.default_root_dir", str(run_dir), "--trainer.max_steps", str(max_steps),
+        "--trainer.val_check_interval", "4", "--trainer.enable_progress_bar", "false",
+        "--model.vae", json.dumps(encoder), "--model.text_encoder", json.dumps(encoder),
+        "--data.num_workers", "1",
+    ]  # fmt: skip
+
+
+def test_train_killed_resumed_from_last_then_sample(curated_run, tiny_wan, tmp_path):
+    run_dir = tmp_path / "run"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    first = subprocess.Popen(
+        train_args(curated_run, tiny_wan, run_dir, 10_000),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    deadline = time.monotonic() + 600
+    while not last.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(1.0)  # a checkpoint or two more
+    first.send_signal(signal.SIGKILL)
+    log = first.communicate()[0]
+    assert last.exists(), log[-3000:]
+    stopped_at = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    assert 0 < stopped_at < 10_000
+    target = stopped_at + 3
+    resumed = subprocess.run(
+        [*train_args(curated_run, tiny_wan, run_dir, target), "--ckpt_path", "last"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "Restored all states from the checkpoint" in resumed.stdout + resumed.stderr
+    final = torch.load(last, map_location="cpu", weights_only=False)
+    assert final["global_step"] == target
+    assert final["hyper_parameters"]["vae"]["model"] == tiny_wan
+    samples = sorted((run_dir / "samples").glob("step-*.mp4"))  # the callback sampled a held-out prompt
+    assert samples and (run_dir / "samples" / f"step-{target:07d}-0.mp4").exists()
+    assert list((run_dir / "csv").glob("version_*/metrics.csv")) and (run_dir / "tensorboard").is_dir()
+    video = tmp_path / "sample.mp4"
+    done = subprocess.run(
+        [REELMILL, "sample", "--ckpt", str(last), "--prompt", "a stand-in caption", "--output", str(video),
+         "--steps", "4", "--device", "cpu"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    info = json.loads(
+        ffmpeg_tools.run(
+            [
+                ffmpeg_tools.FFPROBE,
+                "-v",
+                "error",
+                "-count_frames",
+                "-show_streams",
+                "-of",
+                "json",
+                str(video),
+            ],
+            60,
+        )  # fmt: skip
+    )["streams"][0]
+    assert (info["codec_name"], info["width"], info["height"], info["nb_read_frames"]) == (
+        "h264",
+        64,
+        64,
+        "9",
+    )
+    bad = subprocess.run(
+        [REELMILL, "sample", "--ckpt", str(tmp_path / "nope.ckpt"), "--prompt", "x", "--output", str(video)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "not a readable checkpoint" in bad.stderr
