@@ -150,6 +150,17 @@ def expand_shards(inputs: list[str]) -> list[str]:
     return list(dict.fromkeys(found))  # in the order given, each once
 
 
+def expand_input_shards(inputs: list[str], output: str) -> list[str]:
+    """`expand_shards` for a job that writes shards to `output`: an input inside it is refused (a rerun
+    would read its own output)."""
+    uris = expand_shards(inputs)
+    root = output.rstrip("/") + "/"
+    inside = [u for u in uris if u.startswith(root) or os.path.abspath(u).startswith(os.path.abspath(root))]
+    if inside:
+        raise InputError(f"input shard {inside[0]} lies inside --output {output}; write to another directory")
+    return uris
+
+
 def in_sample(key: str, fraction: float, seed: int = 0) -> bool:
     """Whether `key` falls in a deterministic `fraction` of all keys (the same on every rerun)."""
     if fraction >= 1.0:

@@ -65,6 +65,8 @@ def _add_encode(sub) -> None:
     p.add_argument("--output", "-o", required=True, help="output directory or URI for the latent shards")
     p.add_argument("--config", default="default", help="preset name in configs/encode/ or a YAML path")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--vae", metavar="MODEL", help="shorthand for --set vae.model=MODEL (hub id or directory)")
+    p.add_argument("--text-encoder", metavar="MODEL", help="shorthand for --set text_encoder.model=MODEL")
     p.add_argument("--overwrite", action="store_true", help="discard what OUT holds and start over")
     p.add_argument("--num-cpus", type=int, help="CPUs for the embedded local Ray (default: all)")
 
@@ -153,7 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "encode":
             from jobs.encode import run_encode
 
-            cfg = config_lib.load(EncodeConfig, "encode", args.config, args.overrides)
+            overrides = list(args.overrides)
+            if args.vae is not None:
+                overrides.append(f"vae.model={args.vae}")
+            if args.text_encoder is not None:
+                overrides.append(f"text_encoder.model={args.text_encoder}")
+            cfg = config_lib.load(EncodeConfig, "encode", args.config, overrides)
             run_encode(args.input, args.output, cfg, overwrite=args.overwrite, num_cpus=args.num_cpus)
         elif args.command == "sample":
             from jobs.sample import run_sample

@@ -35,7 +35,7 @@ import ray
 
 from curation import config as config_lib
 from curation import ffmpeg_tools, storage
-from curation.inputs import InputError, Task, expand_shards, make_tasks
+from curation.inputs import Task, expand_input_shards, make_tasks
 from curation.layout import OutputLayout
 from curation.shards import TaskShardWriter, iter_samples, member, video_member
 from curation.writer import clear_task, parquet_bytes
@@ -249,11 +249,8 @@ def run_encode(
     started = time.perf_counter()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     ffmpeg_tools.require_binaries()
-    uris = expand_shards(inputs)
+    uris = expand_input_shards(inputs, output)
     layout = OutputLayout(output)
-    inside = [u for u in uris if u.startswith(layout.root.rstrip("/") + "/")]
-    if inside:
-        raise InputError(f"input shard {inside[0]} lies inside --output {output}; write to another directory")
     # fail before any work when a model is missing (their configs name the key to set)
     latent_channels, text_dim = vae_latent_channels(cfg.vae), text_encoder_dim(cfg.text_encoder)
     tasks = make_tasks(uris, cfg.input.shards_per_task)

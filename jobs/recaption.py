@@ -29,7 +29,7 @@ import ray
 from captioning.captioner import CaptionOutcome
 from curation import config as config_lib
 from curation import ffmpeg_tools, storage
-from curation.inputs import InputError, Task, check_subset, expand_shards, in_sample, make_tasks
+from curation.inputs import Task, check_subset, expand_input_shards, in_sample, make_tasks
 from curation.layout import OutputLayout
 from curation.record import RECAPTION_SCHEMA, SHARD_SCHEMA, flatten_record
 from curation.shards import TaskShardWriter, list_keys, member, read_samples, video_member
@@ -236,11 +236,8 @@ def run_recaption(
         raise config_lib.ConfigError(
             "captioning.enabled: recaption needs captioning; it cannot be false here"
         )
-    uris = expand_shards(inputs)
+    uris = expand_input_shards(inputs, output)
     layout = OutputLayout(output)
-    inside = [u for u in uris if u.startswith(layout.root.rstrip("/") + "/")]
-    if inside:
-        raise InputError(f"input shard {inside[0]} lies inside --output {output}; write to another directory")
     check_captioning(cfg.captioning)
     fraction, seed = sample or 1.0, cfg.captioning.vlm.seed
     tasks = make_tasks(uris, cfg.input.shards_per_task)

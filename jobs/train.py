@@ -23,7 +23,14 @@ from training.module import VideoDiTModule
 
 
 class TrainCLI(LightningCLI):
+    def __init__(self, *args, trainer_overrides: dict | None = None, **kwargs):
+        """`trainer_overrides`: Trainer arguments that win over the recipe and the flags (objects, such as
+        the strategy and environment a Ray Train worker must use)."""
+        self.trainer_overrides = dict(trainer_overrides or {})
+        super().__init__(*args, **kwargs)
+
     def instantiate_trainer(self, **kwargs):
+        kwargs = {**self.trainer_overrides, **kwargs}
         trainer_config = self._get(self.config_init, "trainer", default={})
         root = trainer_config.get("default_root_dir") or os.getcwd()
         if trainer_config.get("logger") in (None, True):
@@ -41,6 +48,32 @@ class TrainCLI(LightningCLI):
         last = os.path.join(checkpoints.dirpath, "last.ckpt")
         self.trainer.save_checkpoint(last)
         self.trainer.print(f"reelmill train: step {self.trainer.global_step}, final checkpoint {last}")
+
+
+def ray_train_loop(config: dict):
+    """What each Ray Train worker runs (`TorchTrainer(ray_train_loop, train_loop_config={"args": [...]})`):
+    the same CLI arguments as `reelmill train fit` (without `fit`; `ckpt_path` in the config resumes),
+    on Ray's DDP strategy and cluster environment, one device per worker."""
+    import ray.train.lightning as rtl
+
+    cli = TrainCLI(
+        VideoDiTModule,
+        ShardDataModule,
+        args=list(config["args"]),
+        run=False,
+        save_config_kwargs={"overwrite": True},
+        trainer_overrides={
+            "strategy": rtl.RayDDPStrategy(),
+            "plugins": [rtl.RayLightningEnvironment()],
+            "devices": "auto",
+            "accelerator": "auto",
+        },
+    )
+    trainer = rtl.prepare_trainer(cli.trainer)
+    trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=config.get("ckpt_path"))
+    cli.trainer = trainer
+    cli.after_fit()
+    return trainer
 
 
 def main(argv: list[str]) -> int:

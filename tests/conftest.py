@@ -240,3 +240,13 @@ def tiny_wan(tmp_path_factory) -> str:
     from training.tiny_encoders import build_tiny_wan_t2v
 
     return build_tiny_wan_t2v(tmp_path_factory.mktemp("tiny-wan"))
+
+
+def probe_video(path: Path) -> dict:
+    """ffprobe's view of a video's first stream, with the frames really decoded and counted."""
+    import json
+
+    out = ffmpeg_tools.run(
+        [ffmpeg_tools.FFPROBE, "-v", "error", "-count_frames", "-show_streams", "-of", "json", str(path)], 60
+    )
+    return json.loads(out)["streams"][0]

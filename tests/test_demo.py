@@ -4,7 +4,10 @@ import json
 import subprocess
 from pathlib import Path
 
+import torch
 import webdataset as wds
+
+from conftest import probe_video
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,3 +31,11 @@ def test_make_demo(tmp_path):
     assert report["run"]["models"] == "random-weights" and report["alignment"]["status"] == "ok"
     assert report["funnel"]["kept_clips"] == len(keys)
     assert "models: random-weights" in (out / "curated" / "report" / "index.html").read_text()
+    # the chain goes on: latents, a few training steps resumed once from `last`, a sampled mp4
+    assert "reelmill demo: the chain is complete  [models: random-weights]" in proc.stdout
+    encoded = json.loads((out / "latents" / "run.json").read_text())
+    assert encoded["models"] == "random-weights" and encoded["counts"]["written"] == len(keys)
+    ckpt = torch.load(out / "train" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 30 and "ema.final.linear.weight" in ckpt["state_dict"]
+    info = probe_video(out / "sample.mp4")
+    assert (info["codec_name"], info["nb_read_frames"]) == ("h264", "9")

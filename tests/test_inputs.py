@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation.curate_config import VIDEO_EXTENSIONS
-from curation.inputs import InputError, expand_inputs, make_tasks
+from curation.inputs import InputError, expand_input_shards, expand_inputs, make_tasks
 
 
 @pytest.fixture()
@@ -67,3 +67,15 @@ def test_tasks_are_deterministic_groups():
     assert [t.uris for t in tasks] == [tuple(uris[0:3]), tuple(uris[3:6]), tuple(uris[6:7])]
     assert [t.name for t in tasks] == ["000000", "000001", "000002"]
     assert make_tasks(list(uris), 3) == tasks
+
+
+def test_a_job_refuses_input_shards_inside_its_own_output(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "out" / "shards").mkdir(parents=True)
+    for path in (tmp_path / "in" / "a.tar", tmp_path / "out" / "shards" / "b.tar"):
+        path.write_bytes(b"")
+    assert expand_input_shards([str(tmp_path / "in")], str(tmp_path / "out")) == [
+        str(tmp_path / "in" / "a.tar")
+    ]
+    with pytest.raises(InputError, match="lies inside --output"):
+        expand_input_shards([str(tmp_path / "out")], str(tmp_path / "out"))

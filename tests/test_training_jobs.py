@@ -13,7 +13,8 @@ import pytest
 import torch
 import webdataset as wds
 
-from curation import config, ffmpeg_tools
+from conftest import probe_video
+from curation import config
 from curation.layout import OutputLayout
 from jobs.encode import run_encode
 from jobs.job_configs import EncodeConfig
@@ -130,10 +131,15 @@ trainer:
 """
 
 
+def write_callbacks(directory: Path) -> Path:
+    path = directory / "callbacks.yaml"
+    path.write_text(CALLBACKS)
+    return path
+
+
 def train_args(curated_run: Path, tiny_wan: str, run_dir: Path, max_steps: int) -> list[str]:
     encoder = {"model": tiny_wan}
-    callbacks = run_dir.parent / "callbacks.yaml"
-    callbacks.write_text(CALLBACKS)
+    callbacks = write_callbacks(run_dir.parent)
     return [
         REELMILL, "train", "fit", "--config", str(ROOT / "configs/train/dit-tiny-cpu.yaml"), "--config", str(callbacks),
         "--data.shards", str(curated_run / "shards"), "--data.val_shards", str(curated_run / "shards"),
@@ -181,21 +187,7 @@ def test_train_killed_resumed_from_last_then_sample(curated_run, tiny_wan, tmp_p
         capture_output=True, text=True, env=env, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    info = json.loads(
-        ffmpeg_tools.run(
-            [
-                ffmpeg_tools.FFPROBE,
-                "-v",
-                "error",
-                "-count_frames",
-                "-show_streams",
-                "-of",
-                "json",
-                str(video),
-            ],
-            60,
-        )  # fmt: skip
-    )["streams"][0]
+    info = probe_video(video)
     assert (info["codec_name"], info["width"], info["height"], info["nb_read_frames"]) == (
         "h264",
         64,
@@ -207,3 +199,39 @@ def test_train_killed_resumed_from_last_then_sample(curated_run, tiny_wan, tmp_p
         capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip
     assert bad.returncode == 2 and "not a readable checkpoint" in bad.stderr
+
+
+def test_ray_train_runs_the_same_cli_on_two_workers(latents, tiny_wan, tmp_path):
+    """`ray_train_loop` under Ray Train's TorchTrainer on the local Ray: two CPU workers in one DDP
+    group (Ray's strategy and environment), the recipe and flags as `reelmill train` takes them."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from jobs.train import ray_train_loop
+
+    out, _ = latents
+    run_dir, encoder = tmp_path / "run", json.dumps({"model": tiny_wan})
+    args = [
+        "--config", str(ROOT / "configs/train/dit-tiny-cpu.yaml"), "--config", str(write_callbacks(tmp_path)),
+        "--trainer.max_steps", "3", "--trainer.default_root_dir", str(run_dir), "--trainer.val_check_interval", "3",
+        "--model.vae", encoder, "--model.text_encoder", encoder, "--data.kind", "latent",
+        "--data.shards", str(out / "shards"), "--data.num_workers", "0",
+    ]  # fmt: skip
+    marks = tmp_path / "marks"
+    marks.mkdir()
+
+    def loop(config):  # a closure, so Ray ships it by value to the workers
+        trainer = ray_train_loop(config)
+        seen = {"world": trainer.world_size, "data": list(trainer.datamodule.rank_and_world())}
+        (marks / f"rank{trainer.global_rank}.json").write_text(json.dumps(seen))
+
+    TorchTrainer(
+        loop,
+        scaling_config=ScalingConfig(num_workers=2, use_gpu=False),
+        run_config=RunConfig(storage_path=str(tmp_path / "ray")),
+        train_loop_config={"args": args},
+    ).fit()
+    final = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert final["global_step"] == 3 and final["datamodule_hyper_parameters"]["kind"] == "latent"
+    ranks = {p.name: json.loads(p.read_text()) for p in marks.iterdir()}
+    assert ranks == {f"rank{r}.json": {"world": 2, "data": [r, 2]} for r in (0, 1)}

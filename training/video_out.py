@@ -1,8 +1,5 @@
-"""Latents to an mp4: decode through the VAE, map [-1, 1] to pixels, encode H.264 with ffmpeg.
-
-The VAE is any object with `decode(latents [B, C, T, H, W]) -> video [B, 3, T', H', W']` in [-1, 1]
-(diffusers' video autoencoders return that from `.decode(...).sample`; both forms are accepted).
-"""
+"""Decoded videos to an mp4: map [-1, 1] to pixels, encode H.264 with ffmpeg (`reelmill sample` and the
+sampling callback)."""
 
 from __future__ import annotations
 
@@ -11,12 +8,6 @@ import numpy as np
 import torch
 
 from curation import ffmpeg_tools
-
-
-def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        video = vae.decode(latents)
-    return getattr(video, "sample", video)
 
 
 def to_frames(video: torch.Tensor) -> np.ndarray:
