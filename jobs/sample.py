@@ -8,6 +8,8 @@ one the data module trained on, also kept in a LightningCLI checkpoint.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from curation.config import ConfigError
@@ -55,15 +57,19 @@ def run_sample(
     if missing:
         flags = ", ".join("--" + k.replace("num_", "") for k in missing)
         raise ConfigError(f"--ckpt {ckpt} does not say the clip size it trained on; pass {flags}")
-    overrides = {}
+    accepted = inspect.signature(VideoDiTModule.__init__).parameters
+    hparams = {k: v for k, v in hparams.items() if k in accepted}  # LightningCLI adds its own keys
     for key, model in (("vae", vae_model), ("text_encoder", text_encoder_model)):
         if hparams.get(key) is None:
             raise ConfigError(
                 f"--ckpt {ckpt} was trained without model.{key}; it cannot decode or encode here"
             )
         if model is not None:
-            overrides[key] = {**hparams[key], "model": model}
-    module = VideoDiTModule.load_from_checkpoint(ckpt, map_location=device, **overrides).eval()
+            hparams[key] = {**hparams[key], "model": model}
+    hparams["compile"] = False  # one sampling run gains nothing from compiling
+    module = VideoDiTModule(**hparams)
+    module.load_state_dict(saved["state_dict"])  # the checkpoint is read once, above
+    module = module.to(device).eval()
     videos = module.generate_videos(
         prompts, int(size["num_frames"]), int(size["height"]), int(size["width"]),
         use_ema=use_ema, steps=steps, guidance=guidance, method=method, seed=seed,
