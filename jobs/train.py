@@ -14,11 +14,15 @@ training ends, the final state is saved to `checkpoints/last.ckpt` as well.
 from __future__ import annotations
 
 import os
+import sys
 
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from curation.config import ConfigError
+from curation.inputs import InputError
 from training.data import ShardDataModule
+from training.encoders import EncoderError
 from training.module import VideoDiTModule
 
 
@@ -77,11 +81,22 @@ def ray_train_loop(config: dict):
 
 
 def main(argv: list[str]) -> int:
-    TrainCLI(
-        VideoDiTModule,
-        ShardDataModule,
-        args=argv,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"prog": "reelmill train"},
-    )
+    """`reelmill train ARGS`: a bad input or setting (a missing model, no shards) is a message and exit
+    status 2, as for every other command; LightningCLI reports bad flags itself."""
+    try:
+        TrainCLI(
+            VideoDiTModule,
+            ShardDataModule,
+            args=argv,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"prog": "reelmill train"},
+        )
+    except (ConfigError, InputError) as exc:
+        where = (
+            " (in reelmill train: --model.vae / --model.text_encoder)"
+            if isinstance(exc, EncoderError)
+            else ""
+        )
+        print(f"reelmill train: error: {exc}{where}", file=sys.stderr)
+        return 2
     return 0

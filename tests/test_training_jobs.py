@@ -235,3 +235,19 @@ def test_ray_train_runs_the_same_cli_on_two_workers(latents, tiny_wan, tmp_path)
     assert final["global_step"] == 3 and final["datamodule_hyper_parameters"]["kind"] == "latent"
     ranks = {p.name: json.loads(p.read_text()) for p in marks.iterdir()}
     assert ranks == {f"rank{r}.json": {"world": 2, "data": [r, 2]} for r in (0, 1)}
+
+
+def test_train_names_a_missing_model_or_input_and_exits_2(tiny_wan, tmp_path):
+    recipe = str(ROOT / "configs/train/dit-tiny-cpu.yaml")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    tiny = json.dumps({"model": tiny_wan})
+    cases = [
+        (["--model.vae", json.dumps({"model": str(tmp_path / "no-vae")}), "--model.text_encoder", tiny], "vae.model"),
+        (["--model.vae", tiny, "--model.text_encoder", tiny, "--data.shards", str(tmp_path / "none")], "does not exist"),
+    ]  # fmt: skip
+    for extra, message in cases:
+        done = subprocess.run(
+            [REELMILL, "train", "fit", "--config", recipe, "--trainer.default_root_dir", str(tmp_path), *extra],
+            capture_output=True, text=True, env=env, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 2 and "reelmill train: error:" in done.stderr and message in done.stderr

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from curation.config import ConfigError
 from curation.inputs import expand_shards
 from curation.shards import member, open_shard, video_member
 from training.clip_decode import (
@@ -169,11 +170,11 @@ def parse_buckets(buckets: list[dict] | None, default: Bucket) -> list[Bucket]:
         try:
             bucket = Bucket(int(b["num_frames"]), int(b["height"]), int(b["width"]))
         except (KeyError, TypeError, ValueError):
-            raise ValueError(
+            raise ConfigError(
                 f"data.buckets[{i}]: expected {{num_frames, height, width}}, got {b!r}"
             ) from None
         if min(bucket.num_frames, bucket.height, bucket.width) < 1:
-            raise ValueError(f"data.buckets[{i}]: sizes must be >= 1, got {b!r}")
+            raise ConfigError(f"data.buckets[{i}]: sizes must be >= 1, got {b!r}")
         out.append(bucket)
     return out
 
@@ -287,9 +288,9 @@ class ShardStream(IterableDataset):
         if not urls:
             raise ValueError("ShardStream: no shards")
         if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+            raise ConfigError(f"rank {rank} is not in [0, world_size={world_size})")
         if split == "shards" and not resampled and len(urls) < world_size:
-            raise ValueError(
+            raise ConfigError(
                 f"{len(urls)} shards for {world_size} ranks: with resampled=False every rank needs a shard "
                 "of its own. Write smaller shards (curate --set shards.max_clips=N), train on fewer devices, "
                 "or use resampled=True."
@@ -351,7 +352,7 @@ class ShardStream(IterableDataset):
             if self.split == "shards":
                 mine = order[self.rank :: self.world_size][worker::workers]
                 if not mine:
-                    raise ValueError(
+                    raise ConfigError(
                         f"rank {self.rank} worker {worker}: no shard of its own ({len(self.urls)} shards, "
                         f"{self.world_size} ranks x {workers} workers); use fewer workers or resampled=True"
                     )
@@ -643,7 +644,7 @@ class ShardDataModule(L.LightningDataModule):
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
-            raise ValueError(f"data.{bad[0]}: invalid value (see the ShardDataModule docstring)")
+            raise ConfigError(f"data.{bad[0]}: invalid value (see the ShardDataModule docstring)")
         self.buckets = parse_buckets(buckets, Bucket(num_frames, height, width))
         # The clip shape and rate other parts of a run read (the sampling callback): with buckets, the first's.
         self.kind, self.batch_size, self.fps = kind, batch_size, fps
@@ -688,7 +689,7 @@ class ShardDataModule(L.LightningDataModule):
         """Expand the shard inputs (every rank does, the same way: the lists are sorted or as given)."""
         if stage in (None, "fit") and not self.train_urls:
             if not _as_list(self.shards):
-                raise ValueError(
+                raise ConfigError(
                     "data.shards: no training shards given (e.g. --data.shards 'OUT/shards/*.tar')"
                 )
             self.train_urls = expand_shards(_as_list(self.shards))
@@ -736,7 +737,7 @@ class ShardDataModule(L.LightningDataModule):
         self.setup("fit")
         rank, world = self.rank_and_world()
         if not hp.resampled and world > 1 and hp.epoch_samples is None:
-            raise ValueError(
+            raise ConfigError(
                 f"data.epoch_samples: with resampled=False and {world} ranks each rank would run out at a "
                 "different step and DDP would wait forever; set epoch_samples (per rank, at most its share "
                 "of the clips to see each once), or use resampled=True"
