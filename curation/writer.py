@@ -44,9 +44,6 @@ def clear_task(layout: OutputLayout, task_id: int) -> None:
         layout.shards_manifest,
     ):
         storage.delete(layout.manifest_part(directory, task_id))
-    for uri in storage.list_files(layout.samples_manifest, recursive=False):  # encode: one part per chunk
-        if uri.rsplit("/", 1)[-1].startswith(f"task-{task_id:06d}-"):
-            storage.delete(uri)
 
 
 def task_summary(result: TaskResult, shards: list[str]) -> dict:

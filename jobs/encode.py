@@ -270,6 +270,11 @@ def run_encode(
     )
     for task in pending:
         clear_task(layout, task.task_id)
+    # an unfinished task's manifest parts (one per chunk), found with one listing for all of them
+    redo = {f"task-{t.task_id:06d}-" for t in pending}
+    for uri in storage.list_files(layout.samples_manifest, recursive=False):
+        if uri.rsplit("/", 1)[-1][:12] in redo:
+            storage.delete(uri)
     fresh: dict[int, dict] = {}
     with ray_session(num_cpus) as ray_info:
         if pending:
