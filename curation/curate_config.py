@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from curation.config import check
+from curation.safe_tar import DEFAULT_MAX_MEMBER_BYTES, DEFAULT_MAX_SAMPLE_BYTES
 from curation.scoring_config import FilterConfig, ScoringConfig
 
 X264_PRESETS = (
@@ -26,6 +27,22 @@ class InputConfig:
 
     def __post_init__(self):
         check(self.videos_per_task >= 1, "input.videos_per_task", "must be at least 1")
+
+
+@dataclass
+class IOConfig:
+    """Limits on reading shards written elsewhere (`curation/safe_tar.py`): foreign data is untrusted."""
+
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
+    """A tar member larger than this is not read; its sample is recorded as `member_too_large`."""
+    max_sample_bytes: int = DEFAULT_MAX_SAMPLE_BYTES
+    """All members of one sample together."""
+    allow_compressed: bool = False
+    """Read gzip/bzip2/xz/zstd-compressed tars too (members are still capped by size)."""
+
+    def __post_init__(self):
+        check(self.max_member_bytes >= 1, "io.max_member_bytes", "must be >= 1")
+        check(self.max_sample_bytes >= self.max_member_bytes, "io.max_sample_bytes", "must be >= io.max_member_bytes")
 
 
 @dataclass

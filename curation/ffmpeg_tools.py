@@ -21,10 +21,16 @@ FFPROBE = "ffprobe"
 class FFmpegError(RuntimeError):
     """An ffmpeg or ffprobe process failed or timed out; `stderr` holds its last lines."""
 
-    def __init__(self, message: str, stderr: str = "", timed_out: bool = False):
+    def __init__(self, message: str, stderr: str = "", timed_out: bool = False, returncode: int | None = None):
         super().__init__(message)
         self.stderr = stderr
         self.timed_out = timed_out
+        self.returncode = returncode
+
+    @property
+    def killed(self) -> bool:
+        """Ended by a signal (OOM killer, a human, a dying worker): says nothing about the input."""
+        return self.returncode is not None and self.returncode < 0
 
     @property
     def detail(self) -> str:
@@ -64,7 +70,7 @@ def run(argv: Sequence[str], timeout_s: float, input_bytes: bytes | None = None)
         raise FFmpegError(f"{argv[0]} timed out after {timeout_s:g}s", stderr, timed_out=True) from exc
     if proc.returncode != 0:
         stderr = proc.stderr.decode(errors="replace")[-4000:]
-        raise FFmpegError(f"{argv[0]} exited with {proc.returncode}", stderr)
+        raise FFmpegError(f"{argv[0]} exited with {proc.returncode}", stderr, returncode=proc.returncode)
     return proc.stdout
 
 

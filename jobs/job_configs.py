@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from captioning.caption_config import CaptionConfig
 from captioning.report.config import ReportConfig
 from curation.config import check
-from curation.curate_config import CurateConfig, ShardConfig
+from curation.curate_config import CurateConfig, IOConfig, ShardConfig
 from training.encoders import TextEncoderConfig, VAEConfig
 
 
@@ -46,6 +46,7 @@ class RecaptionConfig:
     """Everything `reelmill recaption` does: read shards, caption their clips, write new shards."""
 
     input: RecaptionInputConfig = field(default_factory=RecaptionInputConfig)
+    io: IOConfig = field(default_factory=IOConfig)
     captioning: CaptionConfig = field(default_factory=CaptionConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)
     """Output shard limits; `keep_dropped` writes clips whose captioning failed to OUT/dropped/."""
@@ -95,6 +96,7 @@ class EncodeConfig:
     """Everything `reelmill encode` does: clip shards in, latent shards out (VAE latents, text embeddings)."""
 
     input: RecaptionInputConfig = field(default_factory=RecaptionInputConfig)
+    io: IOConfig = field(default_factory=IOConfig)
     frames: EncodeFramesConfig = field(default_factory=EncodeFramesConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
