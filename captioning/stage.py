@@ -9,6 +9,7 @@ from captioning.caption_config import CaptionConfig
 from captioning.captioner import Captioner, CaptionOutcome, CaptionStats, undecodable
 from captioning.video_frames import PreparedClip, prepare_clip
 from curation.errors import InputRejected
+from curation.quarantine import INTERNAL_ERROR, internal_error_row, is_transient
 from curation.record import ClipRecord
 
 
@@ -25,6 +26,8 @@ class CaptionPrep:
                 prepared.append(prepare_clip(key, mp4, self.cfg.frames))
             except InputRejected as rejected:
                 failed.append(undecodable(key, rejected.reason))
+            except Exception as exc:  # a bug of ours on this clip: its row says so, the others go on
+                failed.append(internal_error_outcome(key, exc, "caption frames"))
         return prepared, failed
 
 
@@ -40,11 +43,26 @@ class CaptionModelStage:
     def run(
         self, prepared: list[PreparedClip], failed: list[CaptionOutcome]
     ) -> tuple[list[CaptionOutcome], CaptionStats]:
-        outcomes, stats = self.captioner.run(prepared)
+        try:
+            outcomes, stats = self.captioner.run(prepared)
+        except Exception as exc:
+            if is_transient(exc):  # the task is tried again (Ray's retry), not recorded
+                raise
+            outcomes, stats = (
+                [internal_error_outcome(p.key, exc, "caption") for p in prepared],
+                CaptionStats(),
+            )
+            for outcome in outcomes:
+                stats.count(outcome)
         stats.runtime = self.backend.runtime
         for outcome in failed:
             stats.count(outcome)
         return outcomes + failed, stats
+
+
+def internal_error_outcome(key: str, exc: Exception, stage: str) -> CaptionOutcome:
+    """A clip that has no caption because our code failed on it (counted as `internal_error`)."""
+    return CaptionOutcome(key, failure=INTERNAL_ERROR, detail=internal_error_row(exc, stage)["error"])
 
 
 def apply_to_clip(

@@ -16,6 +16,10 @@ X264_PRESETS = (
 VIDEO_EXTENSIONS = [".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv"]
 
 
+DEFAULT_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "az")
+"""Local files and the object stores pyarrow.fs and fsspec open; no web URLs unless asked for."""
+
+
 @dataclass
 class InputConfig:
     """How inputs are found and grouped into tasks (a task names its output shards)."""
@@ -24,9 +28,13 @@ class InputConfig:
     """Videos per task: the unit of parallelism, of output shard naming and of resume."""
     extensions: list[str] = field(default_factory=lambda: list(VIDEO_EXTENSIONS))
     """File suffixes picked up when an input is a directory (globs and manifests take any file)."""
+    schemes: list[str] = field(default_factory=lambda: list(DEFAULT_SCHEMES))
+    """URI schemes an input may have (`file` is a local path). An input of another scheme is an error
+    row (`scheme_not_allowed`); add `http`/`https` to let ffmpeg fetch web URLs itself."""
 
     def __post_init__(self):
         check(self.videos_per_task >= 1, "input.videos_per_task", "must be at least 1")
+        check(bool(self.schemes), "input.schemes", "must name at least one scheme (file: local paths)")
 
 
 @dataclass
@@ -42,7 +50,11 @@ class IOConfig:
 
     def __post_init__(self):
         check(self.max_member_bytes >= 1, "io.max_member_bytes", "must be >= 1")
-        check(self.max_sample_bytes >= self.max_member_bytes, "io.max_sample_bytes", "must be >= io.max_member_bytes")
+        check(
+            self.max_sample_bytes >= self.max_member_bytes,
+            "io.max_sample_bytes",
+            "must be >= io.max_member_bytes",
+        )
 
 
 @dataclass
@@ -168,6 +180,14 @@ class ResourcesConfig:
     aesthetic_cpus: float = 1.0
     aesthetic_memory_gb: float = 2.0
     """Memory reserved per aesthetic actor (the CLIP ViT-L/14 model and its batches)."""
+    task_memory_gb: float = 1.0
+    """Memory reserved per split and scoring task (they hold a whole task's clips), so Ray does not
+    start more of them than the node holds and the OOM killer does not loop over them."""
+    task_retries: int = 3
+    """Times a task is started again after its worker died (killed, out of memory, node lost); then
+    its videos are recorded as `transient_exhausted` and a rerun tries them again."""
+    transient_attempts: int = 3
+    """Attempts at one video when it fails transiently (timeout, killed ffmpeg, full disk, remote read)."""
 
     def __post_init__(self):
         check(self.split_cpus > 0, "resources.split_cpus", "must be > 0")
@@ -175,6 +195,9 @@ class ResourcesConfig:
         check(self.score_cpus > 0, "resources.score_cpus", "must be > 0")
         check(self.aesthetic_actors >= 1, "resources.aesthetic_actors", "must be >= 1")
         check(self.aesthetic_memory_gb > 0, "resources.aesthetic_memory_gb", "must be > 0")
+        check(self.task_memory_gb > 0, "resources.task_memory_gb", "must be > 0")
+        check(self.task_retries >= 0, "resources.task_retries", "must be >= 0")
+        check(self.transient_attempts >= 1, "resources.transient_attempts", "must be >= 1")
 
 
 @dataclass

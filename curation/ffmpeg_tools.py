@@ -21,11 +21,24 @@ FFPROBE = "ffprobe"
 class FFmpegError(RuntimeError):
     """An ffmpeg or ffprobe process failed or timed out; `stderr` holds its last lines."""
 
-    def __init__(self, message: str, stderr: str = "", timed_out: bool = False, returncode: int | None = None):
+    def __init__(
+        self, message: str, stderr: str = "", timed_out: bool = False, returncode: int | None = None
+    ):
         super().__init__(message)
         self.stderr = stderr
         self.timed_out = timed_out
         self.returncode = returncode
+
+    @property
+    def out_of_space(self) -> bool:
+        """The scratch or output disk filled up: about the machine, not the input."""
+        return "no space left on device" in self.stderr.lower()
+
+    @property
+    def network_error(self) -> bool:
+        """A web input could not be reached right now (ffmpeg read the URL itself)."""
+        text = self.stderr.lower()
+        return any(w in text for w in NETWORK_ERRORS)
 
     @property
     def killed(self) -> bool:
@@ -46,6 +59,24 @@ def require_binaries() -> None:
         raise RuntimeError(
             f"{' and '.join(missing)} not found on PATH; install ffmpeg (e.g. `apt-get install -y ffmpeg`)"
         )
+
+
+NETWORK_ERRORS = (
+    "failed to resolve", "connection refused", "connection timed out", "network is unreachable",
+    "connection reset", "temporary failure in name resolution",
+)  # fmt: skip
+WEB_PROTOCOLS = "http,https,tcp,tls,crypto"
+
+
+def protocol_whitelist(path: str) -> str:
+    """The protocols ffmpeg may open while reading `path`: only its own scheme's, so a crafted playlist,
+    concat list or reference movie inside an input cannot make ffmpeg reach the network or a pipe."""
+    return WEB_PROTOCOLS if path.startswith(("http://", "https://")) else "file"
+
+
+def input_stream(path: str, **options) -> ffmpeg.nodes.FilterableStream:
+    """`ffmpeg.input` for an input video, restricted to its scheme's protocols."""
+    return ffmpeg.input(path, protocol_whitelist=protocol_whitelist(path), **options)
 
 
 def compile_stream(stream: ffmpeg.nodes.OutputStream, overwrite: bool = True) -> list[str]:
@@ -82,7 +113,7 @@ def run_stream(stream: ffmpeg.nodes.OutputStream, timeout_s: float) -> bytes:
 def probe_json(path: str, timeout_s: float) -> dict:
     """ffprobe a file's format and streams as JSON (ffmpeg.probe has no timeout, hence this)."""
     argv = [
-        FFPROBE, "-v", "error", "-print_format", "json",
+        FFPROBE, "-v", "error", "-print_format", "json", "-protocol_whitelist", protocol_whitelist(path),
         "-show_format", "-show_streams", path,
     ]  # fmt: skip
     return json.loads(run(argv, timeout_s) or b"{}")

@@ -179,7 +179,7 @@ def find_content_box(
 def decode_rgb(path: str, size: tuple[int, int], fps: float, timeout_s: float, stride: int = 1) -> np.ndarray:
     """[N, H, W, 3] uint8: the video at `fps` frames per second (sample k at k / fps s), scaled to `size`
     (width, height); with `stride` > 1 only samples `k % stride < 2` (see `sample_stride`)."""
-    video = ffmpeg.input(path).video.filter("fps", fps=fps)
+    video = ffmpeg_tools.input_stream(path).video.filter("fps", fps=fps)
     if stride > 1:
         video = video.filter("select", f"lt(mod(n,{stride}),2)")  # ffmpeg-python escapes the commas
     # Area averaging: no aliasing when downscaling, and bar edges stay linear in coverage.

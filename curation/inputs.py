@@ -11,6 +11,7 @@ import glob
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -18,6 +19,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from curation import storage
+from curation.errors import InputRejected
 
 MANIFEST_SUFFIXES = (".txt", ".csv", ".parquet", ".jsonl")
 GLOB_CHARS = set("*?[")
@@ -52,28 +54,31 @@ def _resolve_relative(entry: str, manifest_uri: str) -> str:
 
 
 def read_manifest(uri: str) -> list[str]:
-    """URIs listed in a manifest: `.txt` one per line, `.csv`/`.parquet`/`.jsonl` with a `uri` column."""
+    """URIs listed in a manifest: `.txt` one per line, `.csv`/`.parquet`/`.jsonl` with a `uri` column.
+
+    A `.jsonl` line that is not a JSON object with a `uri` is left out and told (one bad line of a
+    million must not stop the job); a manifest with no usable entry at all is an InputError."""
     suffix = _suffix(uri)
-    data = storage.read_bytes(uri)
     if suffix == ".txt":
-        entries = [ln.strip() for ln in data.decode().splitlines()]
+        entries = [ln.strip() for ln in storage.read_bytes(uri).decode(errors="replace").splitlines()]
         entries = [e for e in entries if e and not e.startswith("#")]
     elif suffix == ".jsonl":
-        entries = []
-        for n, line in enumerate(data.decode().splitlines(), 1):
+        entries, bad = [], []
+        for n, line in enumerate(storage.read_bytes(uri).decode(errors="replace").splitlines(), 1):
             if line.strip():
-                row = json.loads(line)
-                if "uri" not in row:
-                    raise InputError(f"{uri}: line {n} has no 'uri' field")
-                entries.append(str(row["uri"]))
+                try:
+                    row = json.loads(line)
+                    entries.append(str(row["uri"]))
+                except (json.JSONDecodeError, TypeError, KeyError):
+                    bad.append(n)
+        if bad:
+            print(
+                f"reelmill: {uri}: {len(bad)} line(s) without a 'uri' left out (first: line {bad[0]})",
+                file=sys.stderr,
+            )
     else:
-        import pyarrow as pa
-
-        table = (
-            pacsv.read_csv(pa.BufferReader(data))
-            if suffix == ".csv"
-            else pq.read_table(pa.BufferReader(data))
-        )
+        source = storage.open_input_file(uri)
+        table = pacsv.read_csv(source) if suffix == ".csv" else pq.read_table(source)
         if "uri" not in table.column_names:
             raise InputError(
                 f"{uri}: manifest has no 'uri' column (columns: {', '.join(table.column_names)})"
@@ -83,8 +88,11 @@ def read_manifest(uri: str) -> list[str]:
 
 
 def _expand_glob(pattern: str) -> list[str]:
+    """Files matching a glob, as absolute paths or full URIs: a match named `pipe:CMD.tar` must stay a
+    file name, never become a command for webdataset."""
     if storage.is_local(pattern):
-        return [p for p in glob.glob(storage.local_path(pattern), recursive=True) if os.path.isfile(p)]
+        matches = glob.glob(storage.local_path(pattern), recursive=True)
+        return [os.path.abspath(p) for p in matches if os.path.isfile(p)]
     import fsspec
 
     fs, _ = fsspec.core.url_to_fs(pattern)
@@ -112,6 +120,19 @@ def expand_inputs(inputs: list[str], extensions: list[str]) -> list[str]:
     return sorted(normalized)
 
 
+def scheme(uri: str) -> str:
+    """`file` for a local path, else the URI's scheme, lower-cased."""
+    return "file" if storage.is_local(uri) else uri.split("://", 1)[0].lower()
+
+
+def check_scheme(uri: str, schemes: list[str]) -> None:
+    """Raise InputRejected (`scheme_not_allowed`) for an input whose scheme `input.schemes` leaves out."""
+    if scheme(uri) not in schemes:
+        raise InputRejected(
+            "scheme_not_allowed", f"{scheme(uri)}:// is not in input.schemes ({', '.join(schemes)})"
+        )
+
+
 def make_tasks(uris: list[str], videos_per_task: int) -> list[Task]:
     """Group sorted URIs into consecutive tasks of `videos_per_task`."""
     return [
@@ -122,15 +143,19 @@ def make_tasks(uris: list[str], videos_per_task: int) -> list[Task]:
 
 def expand_shards(inputs: list[str]) -> list[str]:
     """Webdataset shard URLs from directories (their `*.tar`, or a run's `shards/`), globs, brace
-    patterns (`shard-{000..009}.tar`), single files, remote URIs and `pipe:` commands, in order."""
+    patterns (`shard-{000..009}.tar`), single files, remote URIs and `pipe:` commands, in order.
+
+    A `pipe:` command is honoured only as an argument given literally; every file found by a glob or a
+    directory listing comes back as an absolute path or full URI, whatever its name."""
     from braceexpand import braceexpand
 
     found: list[str] = []
     for item in inputs:
         for spec in braceexpand(item) if not item.startswith("pipe:") else [item]:
-            if spec.startswith("pipe:"):
-                matches = [spec]
-            elif GLOB_CHARS & set(spec):
+            if spec.startswith("pipe:"):  # typed by the user: the one place a command is taken
+                found.append(spec)
+                continue
+            if GLOB_CHARS & set(spec):
                 matches = sorted(_expand_glob(spec))
             elif not storage.exists(spec):
                 raise InputError(f"input {spec!r} does not exist")
@@ -143,11 +168,12 @@ def expand_shards(inputs: list[str]) -> list[str]:
                     matches = [u for u in storage.list_files(inner, recursive=False) if _suffix(u) == ".tar"]
             if not matches:
                 raise InputError(f"input {spec!r} matches no .tar shards")
-            found.extend(
-                os.path.abspath(u) if storage.is_local(u) and not u.startswith("pipe:") else u
-                for u in matches
-            )
+            found.extend(_absolute(u) for u in matches)
     return list(dict.fromkeys(found))  # in the order given, each once
+
+
+def _absolute(uri: str) -> str:
+    return os.path.abspath(storage.local_path(uri)) if storage.is_local(uri) else uri
 
 
 def expand_input_shards(inputs: list[str], output: str) -> list[str]:

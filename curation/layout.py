@@ -98,10 +98,9 @@ class OutputLayout:
     def iter_manifest(self, manifest_dir: str, columns: list[str] | None = None, batch_rows: int = 4096):
         """A manifest's rows as dicts, one record batch of one part file at a time, so memory stays
         bounded however large the run; `columns` limits what is read (absent ones are skipped)."""
-        import pyarrow as pa
 
         for uri in self.manifest_parts(manifest_dir):
-            part = pq.ParquetFile(pa.BufferReader(storage.read_bytes(uri)))
+            part = pq.ParquetFile(storage.open_input_file(uri))
             names = part.schema_arrow.names
             wanted = None if columns is None else [c for c in columns if c in names]
             for batch in part.iter_batches(batch_size=batch_rows, columns=wanted):
@@ -111,7 +110,5 @@ class OutputLayout:
         """A manifest directory as one pyarrow Table (every part file)."""
         import pyarrow as pa
 
-        tables = [
-            pq.read_table(pa.BufferReader(storage.read_bytes(u))) for u in self.manifest_parts(manifest_dir)
-        ]
+        tables = [pq.read_table(storage.open_input_file(u)) for u in self.manifest_parts(manifest_dir)]
         return pa.concat_tables(tables) if tables else None

@@ -8,6 +8,7 @@ from fractions import Fraction
 
 from curation import ffmpeg_tools
 from curation.errors import InputRejected
+from curation.quarantine import is_transient
 
 MAX_SANE_FPS = 240
 
@@ -64,8 +65,6 @@ def _looks_like_mp4(path: str) -> bool:
 
 def _classify_probe_failure(err: ffmpeg_tools.FFmpegError, path: str) -> InputRejected:
     text = err.stderr.lower()
-    if err.timed_out:
-        return InputRejected("undecodable", "ffprobe timed out")
     if "moov atom not found" in text and _looks_like_mp4(path):
         return InputRejected("truncated", "MP4 without its index (moov atom): the upload was cut off")
     if "end of file" in text:
@@ -87,6 +86,8 @@ def probe(path: str, min_duration_s: float, timeout_s: float = 60.0) -> VideoInf
     try:
         meta = ffmpeg_tools.probe_json(path, timeout_s)
     except ffmpeg_tools.FFmpegError as err:
+        if is_transient(err):  # a timeout or a killed ffprobe says nothing about the file: retried
+            raise
         raise _classify_probe_failure(err, path) from None
     streams = meta.get("streams", [])
     fmt = meta.get("format", {})

@@ -46,14 +46,16 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, TransientError | TimeoutError | subprocess.TimeoutExpired | socket.timeout):
         return True
     if isinstance(exc, FFmpegError):
-        return exc.timed_out or exc.killed
+        return exc.timed_out or exc.killed or exc.out_of_space or exc.network_error
     if isinstance(exc, ConnectionError | MemoryError):
         return True
     if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError | PermissionError):
         if exc.errno in TRANSIENT_ERRNOS:
             return True
         # pyarrow and fsspec raise plain OSError (errno None) for failed remote reads
-        return exc.errno is None and any(w in str(exc).lower() for w in ("timed out", "timeout", "connection"))
+        return exc.errno is None and any(
+            w in str(exc).lower() for w in ("timed out", "timeout", "connection")
+        )
     return False
 
 
@@ -90,3 +92,14 @@ def retry_transient(fn: Callable[[], T], attempts: int, what: str, backoff_s: fl
             log.warning("%s failed (attempt %d of %d), retrying: %s", what, attempt, attempts, describe(exc))
             time.sleep(backoff_s * attempt)
     raise AssertionError("unreachable")
+
+
+def drop_clip(record, exc: BaseException, stage: str) -> None:
+    """Drop one clip (a `ClipRecord`) that a stage failed on: `transient_exhausted` when the failure was
+    about the moment (a rerun tries it again), else `internal_error`; the message goes into `errors`."""
+    if is_transient(exc):
+        reason, message = TRANSIENT_EXHAUSTED, describe(exc)
+    else:
+        reason, message = INTERNAL_ERROR, internal_error_row(exc, stage)["error"]
+    record.kept, record.drop_reason = False, reason
+    record.errors.append({"stage": stage, "message": message})

@@ -62,7 +62,7 @@ def make_detector(cfg: SceneConfig):
 
 def _decode_argv(path: str, info: VideoInfo, size: tuple[int, int], fast: bool) -> list[str]:
     decoder_opts = {"skip_loop_filter": "all", "flags2": "fast"} if fast else {}
-    stream = ffmpeg.input(path, **decoder_opts).video
+    stream = ffmpeg_tools.input_stream(path, **decoder_opts).video
     if info.variable_frame_rate:
         stream = stream.filter("fps", info.fps_rational)
     stream = stream.filter("scale", size[0], size[1])
@@ -145,8 +145,16 @@ def detect_shots(
         stderr.seek(0)
         err_text = stderr.read().decode(errors="replace").strip()
     last_line = err_text.splitlines()[-1] if err_text else ""
-    if timed_out.is_set():
-        raise InputRejected("undecodable", f"scene detection timed out after {cfg.timeout_s:g}s")
+    if timed_out.is_set():  # transient: a slow moment of the machine, or a video a retry will not help
+        raise ffmpeg_tools.FFmpegError(
+            f"scene detection timed out after {cfg.timeout_s:g}s", err_text[-4000:], timed_out=True
+        )
+    if proc.returncode < 0 or "no space left on device" in err_text.lower():  # killed, or a full disk
+        raise ffmpeg_tools.FFmpegError(
+            f"scene decode ended by signal {-proc.returncode}" if proc.returncode < 0 else "disk full",
+            err_text[-4000:],
+            returncode=proc.returncode,
+        )
     if n == 0:
         raise InputRejected("undecodable", last_line or "no frame could be decoded")
     if n < cfg.min_decoded_fraction * info.num_frames:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from curation.curate_config import CurateConfig
 from curation.errors import InputRejected
 from curation.frames import sample_frames
+from curation.quarantine import drop_clip, is_transient, retry_transient
 from curation.scoring import MotionScorer, QualityScorer
 from curation.splitter import TaskResult
 
@@ -28,25 +29,35 @@ class CpuScoringStage:
         self.quality = QualityScorer(cfg.scoring.quality) if cfg.scoring.quality.enabled else None
 
     def run(self, result: TaskResult) -> TaskResult:
+        attempts = self.cfg.resources.transient_attempts
         for record in scorable(result):
-            frames = result.samples.get(record.clip_id)
-            if frames is None:
-                try:
-                    frames = sample_frames(
-                        result.media[record.clip_id]["mp4"],
-                        self.cfg.scoring.frames,
-                        record.duration_s,
-                        (record.width, record.height),
-                    )
-                except InputRejected as rejected:  # the clip we wrote does not decode: never keep it
-                    record.kept, record.drop_reason = False, "unscorable"
-                    record.errors.append({"stage": "scoring", "message": rejected.reason})
-                    continue
-                result.samples[record.clip_id] = frames
-            for scorer in (self.motion, self.quality):
-                if scorer is not None:
-                    record.scores.update(scorer.score(frames))
+            try:
+                retry_transient(
+                    lambda r=record: self._score(r, result), attempts, f"scoring {record.clip_id}"
+                )
+            except Exception as exc:  # a bug of ours, or a spent retry: this clip's row says so
+                drop_clip(record, exc, "scoring")
         return result
+
+    def _score(self, record, result: TaskResult) -> None:
+        """One clip's motion and quality scores (its samples are decoded here when the split had none)."""
+        frames = result.samples.get(record.clip_id)
+        if frames is None:
+            try:
+                frames = sample_frames(
+                    result.media[record.clip_id]["mp4"],
+                    self.cfg.scoring.frames,
+                    record.duration_s,
+                    (record.width, record.height),
+                )
+            except InputRejected as rejected:  # the clip we wrote does not decode: never keep it
+                record.kept, record.drop_reason = False, "unscorable"
+                record.errors.append({"stage": "scoring", "message": rejected.reason})
+                return
+            result.samples[record.clip_id] = frames
+        for scorer in (self.motion, self.quality):
+            if scorer is not None:
+                record.scores.update(scorer.score(frames))
 
 
 class AestheticStage:
@@ -59,10 +70,22 @@ class AestheticStage:
 
     def run(self, result: TaskResult) -> TaskResult:
         records = [r for r in scorable(result) if r.clip_id in result.samples]
+        try:
+            self._score(records, result)
+        except Exception as exc:
+            if is_transient(exc):  # out of GPU memory, a dying device: Ray retries the task
+                raise
+            for record in records:  # find the clip it was about: one at a time, the rest are scored
+                try:
+                    self._score([record], result)
+                except Exception as one:
+                    drop_clip(record, one, "aesthetic")
+        return result
+
+    def _score(self, records: list, result: TaskResult) -> None:
         if records:
             scored = self.scorer.score_batch([result.samples[r.clip_id] for r in records])
             for record, (scores, embedding) in zip(records, scored, strict=True):
                 record.scores.update(scores)
                 if embedding is not None:
                     result.embeddings[record.clip_id] = embedding
-        return result

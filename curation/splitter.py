@@ -20,8 +20,16 @@ from curation.clips import ClipSpan, clip_id, plan_clips
 from curation.curate_config import CurateConfig
 from curation.errors import InputRejected
 from curation.frames import Box, SampledFrames, find_content_box
-from curation.inputs import Task
+from curation.inputs import Task, check_scheme
 from curation.probe import VideoInfo, probe
+from curation.quarantine import (
+    INTERNAL_ERROR,
+    TRANSIENT_EXHAUSTED,
+    describe,
+    internal_error_row,
+    is_transient,
+    retry_transient,
+)
 from curation.record import ClipRecord
 from curation.scenes import detect_shots
 from curation.transcode import EncodedClip, transcode_group
@@ -64,6 +72,9 @@ class _PendingVideo:
     records: dict[tuple[int, int], ClipRecord]
     jobs: list[tuple[list[ClipSpan], Future]]
     started: float
+    path: str  # what ffmpeg reads (a local copy of a remote input)
+    files: contextlib.ExitStack  # holds that copy until the video's clips are encoded
+    crop: Box | None = None
 
 
 class ClipSplitter:
@@ -75,36 +86,72 @@ class ClipSplitter:
     def run(self, task: Task) -> TaskResult:
         result = TaskResult(task.task_id)
         pending: list[_PendingVideo] = []
-        with contextlib.ExitStack() as stack, ThreadPoolExecutor(self.cfg.transcode.workers) as pool:
+        with ThreadPoolExecutor(self.cfg.transcode.workers) as pool:
             for uri in task.uris:
-                started = time.perf_counter()
-                row = {"uri": uri, "task_id": task.task_id, "status": "ok"}
-                try:
-                    row["size_bytes"] = storage.size(uri) if storage.exists(uri) else None
-                    path = stack.enter_context(storage.local_copy(uri))
-                    pending.append(self._start_video(path, uri, row, pool, task.task_id, started))
-                except InputRejected as rejected:
-                    row |= {"status": "error", "error": rejected.reason, "error_code": rejected.code}
-                    row["processing_s"] = time.perf_counter() - started
-                    result.videos.append(row)
-                except OSError as exc:  # unreadable remote object, permission denied, ...
-                    row |= {"status": "error", "error": f"unreadable: {exc}", "error_code": "unreadable"}
-                    result.videos.append(row)
+                video = self._open_video(uri, task.task_id, pool, result)
+                if video is not None:
+                    pending.append(video)
             for video in pending:
-                self._finish_video(video, result)
+                with video.files:
+                    try:
+                        self._finish_video(video, result)
+                    except Exception as exc:  # a bug of ours: the video is an error row, the task goes on
+                        video.row |= {"status": "error", **internal_error_row(exc, "split")}
+                        result.videos.append(video.row)
         order = {uri: i for i, uri in enumerate(task.uris)}
         result.videos.sort(key=lambda r: order[r["uri"]])
         result.clips.sort(key=lambda c: (order[c.source], c.source_start_frame))
         return result
 
+    def _open_video(
+        self, uri: str, task_id: int, pool: ThreadPoolExecutor, result: TaskResult
+    ) -> _PendingVideo | None:
+        """Probe and detect one video (tried again while it fails transiently); a video that cannot be
+        used, whatever the reason, is an error row and None, never an exception."""
+        started = time.perf_counter()
+        row = {"uri": uri, "task_id": task_id, "status": "ok"}
+
+        def attempt() -> _PendingVideo:
+            files = contextlib.ExitStack()
+            try:
+                check_scheme(uri, self.cfg.input.schemes)
+                row["size_bytes"] = storage.size(uri) if storage.exists(uri) else None
+                path = files.enter_context(storage.local_copy(uri))
+                return self._start_video(path, uri, dict(row), pool, task_id, started, files)
+            except BaseException:
+                files.close()
+                raise
+
+        try:
+            return retry_transient(attempt, self.cfg.resources.transient_attempts, f"video {uri}")
+        except InputRejected as rejected:
+            row |= {"status": "error", "error": rejected.reason, "error_code": rejected.code}
+        except Exception as exc:
+            if is_transient(exc):
+                row |= {"status": "error", "error_code": TRANSIENT_EXHAUSTED, "error": describe(exc)}
+            elif isinstance(exc, OSError):  # unreadable remote object, permission denied, ...
+                row |= {"status": "error", "error": f"unreadable: {exc}", "error_code": "unreadable"}
+            else:
+                row |= {"status": "error", **internal_error_row(exc, "split")}
+        row["processing_s"] = time.perf_counter() - started
+        result.videos.append(row)
+        return None
+
     def _start_video(
-        self, path: str, uri: str, row: dict, pool: ThreadPoolExecutor, task_id: int, started: float
+        self,
+        path: str,
+        uri: str,
+        row: dict,
+        pool: ThreadPoolExecutor,
+        task_id: int,
+        started: float,
+        files: contextlib.ExitStack,
     ) -> _PendingVideo:
         """Probe, then detect shots; clips are submitted for encoding as soon as their shot is final."""
         cfg = self.cfg
         info = probe(path, cfg.probe.min_duration_s, cfg.probe.timeout_s)
         row |= info.as_row()
-        video = _PendingVideo(row, info, {}, [], started)
+        video = _PendingVideo(row, info, {}, [], started, path, files)
         waiting: list[ClipSpan] = []
         held: list[list[ClipSpan]] = []  # groups waiting for the crop box, known after detection
         shots_seen = 0
@@ -135,9 +182,15 @@ class ClipSplitter:
 
         try:
             scenes = detect_shots(path, info, cfg.scenes, on_shot)
-        except InputRejected:
-            for _, future in video.jobs:  # the video is rejected after all: its clips are not wanted
+        except BaseException:
+            for (
+                _,
+                future,
+            ) in video.jobs:  # the video is rejected (or retried) after all: its clips are not wanted
                 future.cancel()
+            for _, future in video.jobs:  # and none of their ffmpeg runs may outlive the file they read
+                with contextlib.suppress(BaseException):
+                    future.result()
             raise
         if waiting:
             submit()
@@ -145,7 +198,7 @@ class ClipSplitter:
             box = find_content_box(
                 scenes.grey_samples, (info.width, info.height), cfg.scoring.frames.bar_level
             )
-            crop = box.source if box else None
+            crop = video.crop = box.source if box else None
             if crop is not None:
                 row |= {"crop_x": crop.x, "crop_y": crop.y, "crop_w": crop.w, "crop_h": crop.h}
             for group in held:
@@ -157,12 +210,18 @@ class ClipSplitter:
     def _finish_video(self, video: _PendingVideo, result: TaskResult) -> None:
         for group, future in video.jobs:
             try:
-                encoded: list[EncodedClip] = future.result()
-            except ffmpeg_tools.FFmpegError as err:  # damaged data inside the source
+                encoded = self._encoded(video, group, future)
+            except Exception as exc:  # damaged data inside the source, a spent retry, or a bug of ours
+                if isinstance(exc, ffmpeg_tools.FFmpegError) and not is_transient(exc):
+                    reason, message = "transcode_failed", exc.detail
+                elif is_transient(exc):
+                    reason, message = TRANSIENT_EXHAUSTED, describe(exc)
+                else:
+                    reason, message = INTERNAL_ERROR, internal_error_row(exc, "transcode")["error"]
                 for span in group:
                     record = video.records[(span.start_frame, span.end_frame)]
-                    record.kept, record.drop_reason = False, "transcode_failed"
-                    record.errors.append({"stage": "transcode", "message": err.detail})
+                    record.kept, record.drop_reason = False, reason
+                    record.errors.append({"stage": "transcode", "message": message})
                 continue
             for clip in encoded:
                 record = video.records[(clip.span.start_frame, clip.span.end_frame)]
@@ -182,3 +241,21 @@ class ClipSplitter:
         }
         result.videos.append(video.row)
         result.clips.extend(records)
+
+    def _encoded(self, video: _PendingVideo, group: list[ClipSpan], future: Future) -> list[EncodedClip]:
+        """A group's encoded clips; a transient failure (timeout, killed ffmpeg, full disk) is tried
+        again in this thread, up to `resources.transient_attempts` in all."""
+        try:
+            return future.result()
+        except Exception as exc:
+            attempts = self.cfg.resources.transient_attempts
+            if not is_transient(exc) or attempts < 2:
+                raise
+            cfg = self.cfg
+            sampler = cfg.scoring.frames if cfg.scores_anything else None
+            crop = video.crop
+            return retry_transient(
+                lambda: transcode_group(video.path, video.info, group, cfg.transcode, sampler, crop),
+                attempts - 1,
+                f"transcode of {video.row['uri']}",
+            )

@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 REMOTE_PREFIXES_FFMPEG_READS = ("http://", "https://")
@@ -33,10 +34,13 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
         return pafs.LocalFileSystem(), os.path.abspath(local_path(uri))
     try:
         return pafs.FileSystem.from_uri(uri)
-    except (pafs.ArrowInvalid, ValueError, OSError):
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError, OSError):
         import fsspec  # noqa: PLC0415  (only for schemes pyarrow lacks)
 
-        fs, path = fsspec.core.url_to_fs(uri)
+        try:
+            fs, path = fsspec.core.url_to_fs(uri)
+        except (ImportError, ValueError) as exc:  # a scheme nothing here can open
+            raise OSError(f"no filesystem opens {uri}: {exc}") from exc
         return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 
 
@@ -73,6 +77,18 @@ def list_files(uri: str, recursive: bool = True) -> list[str]:
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=recursive, allow_not_found=True))
     rel = sorted(info.path[len(path) :].lstrip("/") for info in infos if info.type == pafs.FileType.File)
     return [join(uri, r) for r in rel]
+
+
+def open_input_file(uri: str) -> pa.NativeFile:
+    """A random-access file for pyarrow readers (parquet, CSV).
+
+    Prefer this to `pa.BufferReader(read_bytes(uri))`: a buffer over Python bytes is released by
+    whichever Arrow thread drops it last, and one released from a background scan thread during
+    interpreter shutdown must take the GIL, which aborts the process (exit status 134) after a run
+    that succeeded.
+    """
+    fs, path = filesystem(uri)
+    return fs.open_input_file(path)
 
 
 def read_bytes(uri: str) -> bytes:

@@ -215,7 +215,7 @@ def transcode_group(
     yields each clip's scorer samples. `crop` (display pixels) cuts bars away first."""
     first = spans[0].start_frame
     seek = max(0.0, (first - SEEK_MARGIN_FRAMES) / info.fps) if first else 0.0
-    source = ffmpeg.input(path, ss=f"{seek:.6f}") if first else ffmpeg.input(path)
+    source = ffmpeg_tools.input_stream(path, ss=f"{seek:.6f}") if first else ffmpeg_tools.input_stream(path)
     video = source.video
     if info.variable_frame_rate:  # the constant-rate timeline the shots were detected on
         video = video.filter("fps", info.fps_rational)

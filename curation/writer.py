@@ -19,6 +19,7 @@ from curation import storage
 from curation.curate_config import CurateConfig
 from curation.filters import ClipFilter
 from curation.layout import OutputLayout
+from curation.quarantine import INTERNAL_ERROR, TRANSIENT_EXHAUSTED
 from curation.record import CLIP_SCHEMA, VIDEO_SCHEMA, embedding_schema, table
 from curation.shards import TaskShardWriter, task_prefix
 from curation.splitter import TaskResult
@@ -60,9 +61,18 @@ def task_summary(result: TaskResult, shards: list[str]) -> dict:
         "clips_kept": len(kept),
         "seconds_kept": sum(c.duration_s for c in kept),
         "drop_reasons": dict(Counter(c.drop_reason for c in result.clips if not c.kept)),
+        "internal_errors": _failures(result, INTERNAL_ERROR),
+        "transient_exhausted": _failures(result, TRANSIENT_EXHAUSTED),
         "shards": shards,
         "processing_s": sum(v.get("processing_s") or 0.0 for v in result.videos),
     }
+
+
+def _failures(result: TaskResult, code: str) -> int:
+    """Videos and clips of the task recorded with `code` (internal_error, transient_exhausted)."""
+    return sum(v.get("error_code") == code for v in result.videos) + sum(
+        c.drop_reason == code for c in result.clips
+    )
 
 
 def apply_filters(result: TaskResult, clip_filter: ClipFilter) -> None:

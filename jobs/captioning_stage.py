@@ -62,8 +62,16 @@ class CaptionActor:
         return out
 
 
-def add_caption_actors(ds, cfg: CaptionConfig):
-    """Append the captioning actor pool to a dataset of rows with `prepared` and `failed` columns."""
+def add_caption_actors(ds, cfg: CaptionConfig, retry_args: dict | None = None):
+    """Append the captioning actor pool to a dataset of rows with `prepared` and `failed` columns;
+    `retry_args` (`actor_retry_args`) bound the retries of a task whose actor died."""
+    from jobs.ray_runtime import retry_args_accepted
+
+    with retry_args_accepted():
+        return _add_caption_actors(ds, cfg, retry_args)
+
+
+def _add_caption_actors(ds, cfg: CaptionConfig, retry_args: dict | None):
     return ds.map_batches(
         CaptionActor,
         fn_constructor_kwargs={"cfg": cfg},
@@ -72,6 +80,7 @@ def add_caption_actors(ds, cfg: CaptionConfig):
         num_cpus=cfg.cpus,
         num_gpus=cfg.num_gpus,
         memory=int(cfg.memory_gb * 2**30),
+        **(retry_args or {}),
     )
 
 

@@ -23,6 +23,18 @@ def _add_curate(sub) -> None:
     )
     p.add_argument("--num-cpus", type=int, help="CPUs for the embedded local Ray (default: all)")
     _add_subset(p, "input videos")
+    _add_error_limit(p)
+
+
+def _add_error_limit(p) -> None:
+    p.add_argument(
+        "--max-error-fraction",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="exit with status 3 (after writing everything) when more than this share of the inputs "
+        "ended in error (default 1.0: never)",
+    )
 
 
 def _add_subset(p, what: str) -> None:
@@ -43,6 +55,7 @@ def _add_recaption(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="discard what OUT holds and start over")
     p.add_argument("--num-cpus", type=int, help="CPUs for the embedded local Ray (default: all)")
     _add_subset(p, "samples")
+    _add_error_limit(p)
 
 
 def _add_report(sub) -> None:
@@ -69,6 +82,7 @@ def _add_encode(sub) -> None:
     p.add_argument("--text-encoder", metavar="MODEL", help="shorthand for --set text_encoder.model=MODEL")
     p.add_argument("--overwrite", action="store_true", help="discard what OUT holds and start over")
     p.add_argument("--num-cpus", type=int, help="CPUs for the embedded local Ray (default: all)")
+    _add_error_limit(p)
 
 
 def _add_train(sub) -> None:
@@ -123,6 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     from captioning.report.collect import ReportError
     from jobs.curate import ResumeRefused  # heavy imports (ray) only once arguments parse
 
+    limit = getattr(args, "max_error_fraction", 1.0)
+    if not 0 <= limit <= 1:
+        print(
+            f"reelmill {args.command}: error: --max-error-fraction must be in [0, 1], got {limit}",
+            file=sys.stderr,
+        )
+        return 2
+    run = None
     try:
         if args.command == "curate":
             from jobs.curate import run_curate
@@ -133,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.videos_per_task is not None:
                 overrides.append(f"input.videos_per_task={args.videos_per_task}")
             cfg = config_lib.load(CurateJobConfig, "curate", args.config, overrides)
-            run_curate(
+            run = run_curate(
                 args.input, args.output, cfg, overwrite=args.overwrite, num_cpus=args.num_cpus,
                 limit=args.limit, sample=args.sample,
             )  # fmt: skip
@@ -141,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             from jobs.recaption import run_recaption
 
             cfg = config_lib.load(RecaptionConfig, "recaption", args.config, args.overrides)
-            run_recaption(
+            run = run_recaption(
                 args.input, args.output, cfg, overwrite=args.overwrite, num_cpus=args.num_cpus,
                 limit=args.limit, sample=args.sample,
             )  # fmt: skip
@@ -161,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.text_encoder is not None:
                 overrides.append(f"text_encoder.model={args.text_encoder}")
             cfg = config_lib.load(EncodeConfig, "encode", args.config, overrides)
-            run_encode(args.input, args.output, cfg, overwrite=args.overwrite, num_cpus=args.num_cpus)
+            run = run_encode(args.input, args.output, cfg, overwrite=args.overwrite, num_cpus=args.num_cpus)
         elif args.command == "sample":
             from jobs.sample import run_sample
 
@@ -178,6 +200,20 @@ def main(argv: list[str] | None = None) -> int:
     except (config_lib.ConfigError, InputError, ResumeRefused, ReportError) as exc:
         print(f"reelmill {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    return error_exit_status(args.command, run, limit)
+
+
+def error_exit_status(command: str, run: dict | None, limit: float) -> int:
+    """3 when a finished job's share of inputs in error (run.json `errors.fraction`) is over `limit`, so a
+    scheduler notices a run that wrote everything it could but lost too much; else 0."""
+    errors = (run or {}).get("errors")
+    if errors and errors["fraction"] > limit:
+        print(
+            f"reelmill {command}: {errors['in_error']} of {errors['items']} inputs in error "
+            f"({errors['fraction']:.1%}), over --max-error-fraction {limit:g}: exit status 3",
+            file=sys.stderr,
+        )
+        return 3
     return 0
 
 

@@ -28,12 +28,28 @@ from curation import ffmpeg_tools, storage
 from curation.filters import ClipFilter, rule_reasons
 from curation.inputs import Task, check_subset, expand_inputs, in_sample, make_tasks
 from curation.layout import OutputLayout
+from curation.quarantine import (
+    TRANSIENT_EXHAUSTED,
+    TransientError,
+    describe,
+    drop_clip,
+    internal_error_row,
+    is_transient,
+)
+from curation.record import VIDEO_SCHEMA
 from curation.scoring_stage import CpuScoringStage
-from curation.splitter import ClipSplitter
-from curation.writer import TaskWriter, apply_filters
+from curation.splitter import ClipSplitter, TaskResult
+from curation.writer import TaskWriter, apply_filters, clear_task, parquet_bytes
 from jobs.captioning_stage import add_caption_actors, caption_report, check_captioning, prep_columns
 from jobs.job_configs import NOT_IN_FINGERPRINT, CurateJobConfig
-from jobs.ray_runtime import fit_actor_cpus, ray_session
+from jobs.ray_runtime import (
+    actor_retry_args,
+    fit_actor_cpus,
+    keep_going_on_failed_tasks,
+    ray_session,
+    retry_args_accepted,
+    task_retry_args,
+)
 from jobs.report import report_after_job
 from jobs.run_info import versions
 
@@ -75,6 +91,44 @@ def prepare_output(layout: OutputLayout, spec: dict, overwrite: bool) -> None:
     storage.write_bytes(layout.spec, json.dumps(spec, indent=1, sort_keys=True).encode())
 
 
+def _quarantined_task(row: dict, exc: Exception, stage: str) -> dict:
+    """The row a stage hands on when it failed on a whole task (a bug of ours): every clip of the task
+    (or, before the split, every video) is recorded as `internal_error`, and the pipeline goes on."""
+    if "result" in row:
+        result: TaskResult = pickle.loads(row["result"])
+        for record in result.clips:
+            if record.kept:
+                drop_clip(record, exc, stage)
+    else:
+        task: Task = pickle.loads(row["task"])
+        error = {"status": "error", **internal_error_row(exc, stage)}
+        result = TaskResult(
+            task.task_id, videos=[{"uri": u, "task_id": task.task_id, **error} for u in task.uris]
+        )
+    return {"task_id": result.task_id, "result": pickle.dumps(result)}
+
+
+def _guarded(stage: str, fallback=_quarantined_task):
+    """Run a row function so that no exception ends the job: a transient one is raised as
+    `TransientError` (Ray starts the task again, `resources.task_retries` times), anything else
+    becomes the stage's `fallback` row."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(*args, **kwargs) -> dict:  # (row, ...) or, for an actor's method, (self, row)
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                if is_transient(exc):
+                    raise TransientError(f"{stage}: {describe(exc)}") from exc
+                return fallback(args[-1], exc, stage)
+
+        return run
+
+    return wrap
+
+
+@_guarded("split")
 def _split_row(row: dict, cfg: CurateJobConfig) -> dict:
     task: Task = pickle.loads(row["task"])
     # the whole task travels as one pickled value: clip records are nested and sparsely filled,
@@ -82,6 +136,7 @@ def _split_row(row: dict, cfg: CurateJobConfig) -> dict:
     return {"task_id": task.task_id, "result": pickle.dumps(ClipSplitter(cfg).run(task))}
 
 
+@_guarded("scoring")
 def _cpu_score_row(row: dict, cfg: CurateJobConfig) -> dict:
     result = CpuScoringStage(cfg).run(pickle.loads(row["result"]))
     return {"task_id": row["task_id"], "result": pickle.dumps(result)}
@@ -96,10 +151,26 @@ class _AestheticActor:
         self.stage = AestheticStage(cfg)
 
     def __call__(self, batch: dict) -> dict:
-        results = [pickle.dumps(self.stage.run(pickle.loads(blob))) for blob in batch["result"]]
-        return {"task_id": list(batch["task_id"]), "result": results}
+        rows = [
+            self._score_row({"task_id": task_id, "result": blob})
+            for task_id, blob in zip(batch["task_id"], batch["result"], strict=True)
+        ]
+        return {"task_id": [r["task_id"] for r in rows], "result": [r["result"] for r in rows]}
+
+    @_guarded("aesthetic")
+    def _score_row(self, row: dict) -> dict:
+        return {
+            "task_id": row["task_id"],
+            "result": pickle.dumps(self.stage.run(pickle.loads(row["result"]))),
+        }
 
 
+def _unprepared(row: dict, exc: Exception, stage: str) -> dict:
+    """`_caption_prep_row`'s row after a bug of ours: the task's clips are quarantined, none captioned."""
+    return _quarantined_task(row, exc, stage) | {"prepared": pickle.dumps([]), "failed": pickle.dumps([])}
+
+
+@_guarded("caption frames", fallback=_unprepared)
 def _caption_prep_row(row: dict, cfg: CurateJobConfig) -> dict:
     """Filter the task's clips, then decode the kept ones for the VLM (CPU, ahead of the model)."""
     result = pickle.loads(row["result"])
@@ -113,6 +184,15 @@ def _caption_prep_row(row: dict, cfg: CurateJobConfig) -> dict:
     return {"task_id": row["task_id"], "result": pickle.dumps(result), **prep_columns(kept, cfg.captioning)}
 
 
+def _unwritten(row: dict, exc: Exception, stage: str) -> dict:
+    """`_write_row`'s row after a bug of ours: the task has no marker; the driver records it."""
+    return {
+        "task_id": row["task_id"],
+        "summary": json.dumps({"task_id": row["task_id"], "failed": describe(exc)}),
+    }
+
+
+@_guarded("write", fallback=_unwritten)
 def _write_row(row: dict, out: str, cfg: CurateJobConfig, fingerprint: str) -> dict:
     result = pickle.loads(row["result"])
     result.samples.clear()  # scored already; nothing downstream reads them
@@ -156,10 +236,19 @@ def build_pipeline(ds, output: str, cfg: CurateJobConfig, fingerprint: str):
     not; besides placing the model, that keeps Ray Data from fusing the split into the actor pool,
     where, with as many actors as model copies, the video work would run one task at a time.
     """
+    with retry_args_accepted():
+        return _build_pipeline(ds, output, cfg, fingerprint)
+
+
+def _build_pipeline(ds, output: str, cfg: CurateJobConfig, fingerprint: str):
     res, scoring = cfg.resources, cfg.scoring
-    ds = ds.map(functools.partial(_split_row, cfg=cfg), num_cpus=res.split_cpus)
+    task_args = task_retry_args(res.task_retries)
+    memory = int(res.task_memory_gb * 2**30)
+    ds = ds.map(functools.partial(_split_row, cfg=cfg), num_cpus=res.split_cpus, memory=memory, **task_args)
     if scoring.motion.enabled or scoring.quality.enabled:
-        ds = ds.map(functools.partial(_cpu_score_row, cfg=cfg), num_cpus=res.score_cpus)
+        ds = ds.map(
+            functools.partial(_cpu_score_row, cfg=cfg), num_cpus=res.score_cpus, memory=memory, **task_args
+        )
     if scoring.aesthetic.enabled:
         ds = ds.map_batches(
             _AestheticActor,
@@ -169,12 +258,17 @@ def build_pipeline(ds, output: str, cfg: CurateJobConfig, fingerprint: str):
             num_cpus=res.aesthetic_cpus,
             num_gpus=scoring.aesthetic.num_gpus,
             memory=int(res.aesthetic_memory_gb * 2**30),
+            **actor_retry_args(res.task_retries),
         )
     if cfg.captioning.enabled:
-        ds = ds.map(functools.partial(_caption_prep_row, cfg=cfg), num_cpus=cfg.captioning.prep_cpus)
-        ds = add_caption_actors(ds, cfg.captioning)
+        ds = ds.map(
+            functools.partial(_caption_prep_row, cfg=cfg), num_cpus=cfg.captioning.prep_cpus, **task_args
+        )
+        ds = add_caption_actors(ds, cfg.captioning, actor_retry_args(res.task_retries))
     return ds.map(
-        functools.partial(_write_row, out=output, cfg=cfg, fingerprint=fingerprint), num_cpus=res.write_cpus
+        functools.partial(_write_row, out=output, cfg=cfg, fingerprint=fingerprint),
+        num_cpus=res.write_cpus,
+        **task_args,
     )
 
 
@@ -198,7 +292,8 @@ def aggregate(summaries: list[dict]) -> dict:
     for s in summaries:
         errors.update(s["video_errors"])
         drops.update(s["drop_reasons"])
-    total = {k: sum(s[k] for s in summaries) for k in ("videos", "videos_ok", "shots", "clips", "clips_kept")}
+    keys = ("videos", "videos_ok", "shots", "clips", "clips_kept", "internal_errors", "transient_exhausted")
+    total = {k: sum(s.get(k, 0) for s in summaries) for k in keys}
     total["clips_dropped"] = total["clips"] - total["clips_kept"]
     total["video_errors"] = dict(sorted(errors.items()))
     total["drop_reasons"] = dict(sorted(drops.items()))
@@ -233,13 +328,67 @@ def rule_drops(cfg: CurateJobConfig, drop_reasons: dict[str, int]) -> dict[str, 
     }
 
 
+def record_lost_task(layout: OutputLayout, task: Task, why: str) -> dict:
+    """A task that failed for good (its worker died every time, or our writer failed on it): its videos
+    get `transient_exhausted` rows in the videos manifest and it gets no marker, so it counts, is seen,
+    and a rerun tries it again. Returns the task's summary for run.json's counts."""
+    clear_task(layout, task.task_id)
+    rows = [
+        {
+            "uri": u,
+            "task_id": task.task_id,
+            "status": "error",
+            "error_code": TRANSIENT_EXHAUSTED,
+            "error": why,
+        }
+        for u in task.uris
+    ]
+    storage.write_bytes(
+        layout.manifest_part(layout.videos_manifest, task.task_id), parquet_bytes(rows, VIDEO_SCHEMA)
+    )
+    return {
+        "task_id": task.task_id, "videos": len(rows), "videos_ok": 0, "shots": 0, "clips": 0, "clips_kept": 0,
+        "internal_errors": 0, "transient_exhausted": len(rows), "seconds_in": 0.0, "seconds_kept": 0.0,
+        "video_errors": {TRANSIENT_EXHAUSTED: len(rows)}, "drop_reasons": {}, "shards": [],
+    }  # fmt: skip
+
+
+def failure_note(counts: dict) -> str:
+    """What a summary line adds when items failed for reasons other than their content."""
+    notes = [
+        f"{counts[key]} {what}"
+        for key, what in (
+            ("internal_errors", "internal errors (a bug: see the manifests' traceback/errors)"),
+            ("transient_exhausted", "items to retry (transient failures: run the same command again)"),
+        )
+        if counts.get(key)
+    ]
+    return f"; {'; '.join(notes)}" if notes else ""
+
+
+def error_summary(items: int, in_error: int, counts: dict) -> dict:
+    """run.json's `errors` section, the same in every job: what `--max-error-fraction` is checked against."""
+    return {
+        "items": items,
+        "in_error": in_error,
+        "fraction": in_error / items if items else 0.0,
+        "internal_errors": counts.get("internal_errors", 0),
+        "transient_exhausted": counts.get("transient_exhausted", 0),
+    }
+
+
+def finished(marker: dict, fingerprint: str) -> bool:
+    """Whether a task's marker lets a rerun skip it: made under this config, with nothing left to retry."""
+    return marker.get("run_fingerprint") == fingerprint and not marker.get("transient_exhausted")
+
+
 def summary_line(counts: dict, wall_s: float, out: str, models: str | None = None) -> str:
     line = (
         f"reelmill curate: {counts['videos']} videos ({counts['videos_ok']} ok, "
         f"{counts['videos'] - counts['videos_ok']} error), {counts['clips']} clips "
         f"({counts['clips_kept']} kept, {counts['clips_dropped']} dropped) in {counts['shards']} shards, "
         f"{wall_s:.1f}s -> {out}"
-    )
+    ) + failure_note(counts)
     return f"{line} [models: {models}]" if models else line
 
 
@@ -279,11 +428,12 @@ def run_curate(
         "selection": {"sample": sample, "limit": limit},
     }
     prepare_output(layout, spec, overwrite)
-    done = {tid for tid, m in layout.completed_markers().items() if m.get("run_fingerprint") == fingerprint}
+    done = {tid for tid, m in layout.completed_markers().items() if finished(m, fingerprint)}
     pending = [t for t in tasks if t.task_id not in done]
     log(
         f"reelmill curate: {len(uris)} videos in {len(tasks)} tasks; {len(done)} done already, {len(pending)} to run"
     )
+    keep_going_on_failed_tasks()
 
     fresh: list[dict] = []
     ray_started = time.perf_counter()
@@ -297,10 +447,20 @@ def run_curate(
                 ds, output, _fit_to_session(cfg, ray_info, log), fingerprint
             ).iter_rows():
                 fresh.append(json.loads(row["summary"]))
+    failed = {s["task_id"]: s["failed"] for s in fresh if "failed" in s}
+    fresh = [s for s in fresh if "failed" not in s]
+    returned = {s["task_id"] for s in fresh}
+    lost = {
+        t.task_id: record_lost_task(
+            layout, t, failed.get(t.task_id, f"the task failed {cfg.resources.task_retries + 1} times")
+        )
+        for t in pending
+        if t.task_id not in returned
+    }
     wall = time.perf_counter() - started
 
     markers = layout.completed_markers()
-    counts = aggregate([markers[t.task_id] for t in tasks if t.task_id in markers])
+    counts = aggregate([markers[t.task_id] for t in tasks if t.task_id in markers] + list(lost.values()))
     seconds_now = sum(s["seconds_in"] for s in fresh)
     run = {
         "job": "curate",
@@ -312,8 +472,9 @@ def run_curate(
         "config_fingerprint": fingerprint,
         "versions": versions(),
         "ray": ray_info,
-        "tasks": {"total": len(tasks), "run_now": len(fresh), "skipped_done": len(done)},
+        "tasks": {"total": len(tasks), "run_now": len(fresh), "skipped_done": len(done), "failed": len(lost)},
         "counts": counts,
+        "errors": error_summary(counts["videos"], counts["videos"] - counts["videos_ok"], counts),
         "scores": score_distributions(layout),
         "filters": {"mode": cfg.filters.mode, "drops_by_rule": rule_drops(cfg, counts["drop_reasons"])},
         "timings": {

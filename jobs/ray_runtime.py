@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator
 
 import ray
@@ -58,3 +59,34 @@ def fit_actor_cpus(
         f"actors reserve {', '.join(f'{n} {c:g}' for n, c in fitted.items())} CPUs each instead"
     )
     return fitted
+
+
+def task_retry_args(retries: int) -> dict:
+    """Ray remote args that retry a task `retries` times after its worker died (killed, out of memory,
+    a lost node) or it raised `TransientError`; Ray Data's default retries a dead worker forever, so an
+    item that is killed for its memory every time would never let the job end."""
+    from curation.quarantine import TransientError
+
+    return {"max_retries": retries, "retry_exceptions": [TransientError]}
+
+
+def actor_retry_args(retries: int) -> dict:
+    """The same bound for an actor pool: a dead actor is restarted (its model loads again), and the task
+    it held is tried `retries` more times, not forever."""
+    return {"max_task_retries": retries}
+
+
+def keep_going_on_failed_tasks() -> None:
+    """Let a dataset finish when a task has failed for good (its retries spent): the job records that
+    task's items itself (`transient_exhausted`) instead of Ray Data ending the job at the first one."""
+    ray.data.DataContext.get_current().max_errored_blocks = -1
+
+
+@contextlib.contextmanager
+def retry_args_accepted() -> Iterator[None]:
+    """Build map stages with `task_retry_args`/`actor_retry_args` without a warning the user cannot act
+    on: Ray 2.60 deprecates `**ray_remote_args` on `map`/`map_batches` but has no named parameter yet
+    for `max_retries`, `retry_exceptions` or `max_task_retries`."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        yield

@@ -8,6 +8,7 @@ nothing to show says why instead of staying empty.
 from __future__ import annotations
 
 import html
+import shlex
 
 STYLE = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222; margin: 0; }
@@ -255,7 +256,8 @@ def _clip_card(clip: dict, shard_prefix: str = "../shards/") -> str:
     else:
         picture = f'<p class="warn">No frames: {esc(clip.get("not_decoded") or "not decoded")}</p>'
     shard = clip["shard"]
-    members = " ".join(f"{clip['key']}.{ext}" for ext in ("mp4", "json", "txt"))
+    # shell-quoted: a key or shard name from a foreign shard may hold anything a shell would run
+    members = " ".join(shlex.quote(f"{clip['key']}.{ext}") for ext in ("mp4", "json", "txt"))
     return (
         f'<div class="card"><div>{picture}</div><div>'
         f"<div><b>{esc(clip['key'])}</b> &middot; {fmt(clip['duration_s'], 3)} s &middot; {fmt(clip['words'])} words"
@@ -265,7 +267,7 @@ def _clip_card(clip: dict, shard_prefix: str = "../shards/") -> str:
         f'<div class="note">scores: {scores}</div>'
         f'<div class="note">shard <a href="{esc(shard_prefix + shard)}">{esc(shard)}</a>, key <code>{esc(clip["key"])}</code>'
         + (f", source {esc(clip['source'])} at {fmt(clip['source_start_s'], 4)} s" if clip.get("source") else "")
-        + f"<br>pull it: <code>tar -xf shards/{esc(shard)} {esc(members)}</code></div>"
+        + f"<br>pull it: <code>tar -xf {esc(shlex.quote('shards/' + shard))} {esc(members)}</code></div>"
         "</div></div>"
     )  # fmt: skip
 
