@@ -25,6 +25,25 @@ MULTI_SHOT = VideoSpec(
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_internal_errors(tmp_path_factory):
+    """Every run a test made (its run.json, anywhere under this session's temporary directory) counted no
+    `internal_error`: a bug of ours met on an item is recorded and the job goes on, so only this check
+    turns it into a failure."""
+    yield
+    import json
+
+    bugs = {}
+    for run_json in tmp_path_factory.getbasetemp().rglob("run.json"):
+        try:
+            errors = json.loads(run_json.read_text()).get("errors") or {}
+        except (OSError, ValueError):
+            continue
+        if errors.get("internal_errors"):
+            bugs[str(run_json.parent)] = errors["internal_errors"]
+    assert not bugs, f"runs with internal errors (see their manifests' traceback/errors): {bugs}"
+
+
 @pytest.fixture(scope="session")
 def media_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("media")
