@@ -332,7 +332,6 @@ def record_lost_task(layout: OutputLayout, task: Task, why: str) -> dict:
     """A task that failed for good (its worker died every time, or our writer failed on it): its videos
     get `transient_exhausted` rows in the videos manifest and it gets no marker, so it counts, is seen,
     and a rerun tries it again. Returns the task's summary for run.json's counts."""
-    clear_task(layout, task.task_id)
     rows = [
         {
             "uri": u,
@@ -343,9 +342,13 @@ def record_lost_task(layout: OutputLayout, task: Task, why: str) -> dict:
         }
         for u in task.uris
     ]
-    storage.write_bytes(
-        layout.manifest_part(layout.videos_manifest, task.task_id), parquet_bytes(rows, VIDEO_SCHEMA)
-    )
+    try:
+        clear_task(layout, task.task_id)
+        storage.write_bytes(
+            layout.manifest_part(layout.videos_manifest, task.task_id), parquet_bytes(rows, VIDEO_SCHEMA)
+        )
+    except OSError as exc:  # the output itself is failing (full, unreachable): the count still stands
+        print(f"reelmill curate: task {task.task_id}: its rows could not be written: {exc}", file=sys.stderr)
     return {
         "task_id": task.task_id, "videos": len(rows), "videos_ok": 0, "shots": 0, "clips": 0, "clips_kept": 0,
         "internal_errors": 0, "transient_exhausted": len(rows), "seconds_in": 0.0, "seconds_kept": 0.0,

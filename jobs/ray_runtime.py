@@ -1,5 +1,8 @@
 """One way to get a Ray session: the embedded local Ray by default, a cluster with RAY_ADDRESS.
 
+Without RAY_ADDRESS a job starts a Ray of its own even when another job's Ray runs on the same machine
+(plain `ray.init()` would join that one, and lose its workers when that job ends).
+
 Under `ray job submit`, Ray sets RAY_ADDRESS for the entrypoint, so the same command runs on the
 cluster unchanged. A session that is already initialized (a notebook, a test fixture) is reused
 and left running.
@@ -23,8 +26,8 @@ def ray_session(num_cpus: int | None = None) -> Iterator[dict]:
         address = os.environ.get("RAY_ADDRESS")
         if address:
             ray.init(address=address, logging_level="WARNING")
-        else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING")
+        else:  # "local": a Ray of its own, never another job's that happens to run on this machine
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING")
     try:
         context = ray.get_runtime_context()
         yield {

@@ -181,7 +181,7 @@ def caption_overrides(model_dir: str) -> list[str]:
 def ray_local():
     """One local Ray for a whole test module (starting Ray costs seconds)."""
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield
     ray.shutdown()
 

@@ -156,20 +156,22 @@ def test_a_hanging_first_ffprobe_is_retried_not_recorded(tmp_path, good_videos, 
 
 
 def _worker_running(marker: str) -> int | None:
-    """The pid of a Ray worker whose process title shows it running `marker` (Ray sets `ray::TASK`)."""
-    listing = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    """The pid of a Ray worker whose process title shows it running `marker` (Ray sets `ray::TASK`).
+    The worker is the raylet's child: a child it forks for ffmpeg shows the same title until it execs."""
+    listing = subprocess.run(["ps", "-ww", "-eo", "pid=,ppid=,args="], capture_output=True, text=True).stdout
+    procs = {}
     for line in listing.splitlines():
-        pid, _, args = line.strip().partition(" ")
-        if args.startswith("ray::") and marker in args:
-            return int(pid)
+        pid, ppid, args = line.split(None, 2) if len(line.split(None, 2)) == 3 else (*line.split(None, 1), "")
+        procs[int(pid)] = (int(ppid), args)
+    for pid, (ppid, args) in procs.items():
+        if args.startswith("ray::") and marker in args and "raylet" in procs.get(ppid, (0, ""))[1]:
+            return pid
     return None
 
 
-def test_a_killed_ray_worker_is_retried_and_the_run_completes(tmp_path, good_videos, clean_keys):
-    out = tmp_path / "out"
-    proc = subprocess.Popen(
-        curate_cmd(good_videos, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+def run_killing_a_split_worker(cmd: list[str]) -> tuple[subprocess.Popen, str]:
+    """Run `cmd`, SIGKILL the first Ray worker seen running a split task, wait for the end."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     killed, deadline = None, time.monotonic() + 300
     while killed is None and proc.poll() is None and time.monotonic() < deadline:
         pid = _worker_running("_split_row")
@@ -179,9 +181,36 @@ def test_a_killed_ray_worker_is_retried_and_the_run_completes(tmp_path, good_vid
         time.sleep(0.02)
     _, stderr = proc.communicate(timeout=600)
     assert killed is not None, "no split task was seen running"
+    return proc, stderr
+
+
+def test_a_killed_ray_worker_is_retried_and_the_run_completes(tmp_path, good_videos, clean_keys):
+    out = tmp_path / "out"
+    proc, stderr = run_killing_a_split_worker(curate_cmd(good_videos, out))
     assert proc.returncode == 0, stderr[-3000:]
     summary = json.loads((out / "run.json").read_text())
     assert summary["errors"]["transient_exhausted"] == 0 and summary["tasks"]["failed"] == 0
+    assert shard_keys(out) == clean_keys
+
+
+def test_a_task_whose_retries_are_spent_is_recorded_and_a_rerun_completes(tmp_path, good_videos, clean_keys):
+    out = tmp_path / "out"
+    cmd = curate_cmd(good_videos, out, "resources.task_retries=0")
+    proc, stderr = run_killing_a_split_worker(cmd)
+    assert proc.returncode == 0, stderr[-3000:]
+    summary = json.loads((out / "run.json").read_text())
+    assert summary["tasks"]["failed"] == 1 and summary["errors"]["transient_exhausted"] == 1
+    lost = [r for r in videos_rows(out).values() if r["error_code"] == "transient_exhausted"]
+    assert len(lost) == 1 and lost[0]["uri"] in map(str, good_videos)
+
+    again = run(cmd)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((out / "run.json").read_text())["tasks"] == {
+        "total": 2,
+        "run_now": 1,
+        "skipped_done": 1,
+        "failed": 0,
+    }
     assert shard_keys(out) == clean_keys
 
 
