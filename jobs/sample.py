@@ -4,11 +4,16 @@ The checkpoint holds everything needed: the DiT and its EMA weights, and the con
 text encoder it was trained with (rebuilt here through their libraries' loaders; `--vae-model` and
 `--text-encoder-model` point them elsewhere, e.g. on another machine). The clip size defaults to the
 one the data module trained on, also kept in a LightningCLI checkpoint.
+
+A checkpoint is a pickle, and a pickle can run code while it loads: checkpoints are read with
+`torch.load(weights_only=True)`, which builds tensors and plain values only (what `reelmill train`
+writes: tensors, dicts, lists, strings, numbers) and refuses anything else before it runs.
 """
 
 from __future__ import annotations
 
 import inspect
+import pickle
 
 import torch
 
@@ -17,6 +22,32 @@ from training.module import VideoDiTModule
 from training.video_out import to_frames, write_mp4
 
 SIZE_KEYS = ("num_frames", "height", "width", "fps")
+
+
+class CheckpointRefused(ConfigError):
+    """A checkpoint that is not plain weights (or not a checkpoint at all): nothing of it was run."""
+
+
+def refused(ckpt: str, exc: Exception) -> CheckpointRefused:
+    """The error for a checkpoint `torch.load(weights_only=True)` refused, naming what it held."""
+    return CheckpointRefused(
+        f"checkpoint {ckpt} holds objects that are not plain weights, so it was not loaded (only tensors "
+        f"and plain values are read from a checkpoint; nothing in it was run): {str(exc).strip()[:600]}"
+    )
+
+
+def load_checkpoint(ckpt: str) -> dict:
+    """The checkpoint at `ckpt`, read with weights_only=True; CheckpointRefused for one that holds other
+    objects, is not a readable checkpoint, or is not a Lightning checkpoint's dict."""
+    try:
+        saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # weights_only refused a global: a class, a function, a payload
+        raise refused(ckpt, exc) from None
+    except (OSError, RuntimeError, EOFError, ValueError) as exc:
+        raise CheckpointRefused(f"--ckpt {ckpt}: not a readable checkpoint ({exc})") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("state_dict"), dict):
+        raise CheckpointRefused(f"--ckpt {ckpt}: not a checkpoint written by reelmill train (no state_dict)")
+    return saved
 
 
 def resolve_device(device: str) -> str:
@@ -45,12 +76,11 @@ def run_sample(
 ) -> list[str]:
     """Write one mp4 per prompt (`output`, or `output` with `-N` before the suffix for several)."""
     device = resolve_device(device)
-    try:
-        saved = torch.load(ckpt, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError) as exc:
-        raise ConfigError(f"--ckpt {ckpt}: not a readable checkpoint ({exc})") from None
+    saved = load_checkpoint(ckpt)
     hparams = saved.get("hyper_parameters") or {}
     trained = saved.get("datamodule_hyper_parameters") or {}
+    if not isinstance(hparams, dict) or not isinstance(trained, dict):
+        raise CheckpointRefused(f"--ckpt {ckpt}: its hyper_parameters are not a dict")
     given = {"num_frames": num_frames, "height": height, "width": width, "fps": fps}
     size = {k: given[k] if given[k] is not None else trained.get(k) for k in SIZE_KEYS}
     missing = [k for k in SIZE_KEYS if size[k] is None]

@@ -20,10 +20,18 @@ How the stream is cut up (webdataset hangs or starves a rank when it is left to 
 - Batches are formed inside the workers, so a batch is always one shape: one aspect/duration bucket
   (`buckets`), or one latent shape. The loader gets `batch_size=None`.
 - Skipped samples never stop training: clips too short for the window (told by the record, before any
-  decode, or by the decoder) and corrupt samples (undecodable mp4, malformed npy, missing members,
-  unreadable shards) are counted and warned about, webdataset handler style. Workers are separate
-  processes; they count into a small shared-memory table, so `ShardDataModule.counts()` is live and
-  `LoaderStatsCallback` logs it.
+  decode, or by the decoder), corrupt samples (undecodable mp4, malformed npy, missing members), npy
+  arrays refused by their header (`bad_array`: an object or structured dtype, a shape over the member
+  cap), members over the byte caps (`member_too_large`, never read) and unreadable shards are counted
+  and warned about, webdataset handler style; any other exception while making one item is our bug,
+  counted as `internal_error`, never a dead worker. Workers are separate processes; they count into a
+  small shared-memory table, so `ShardDataModule.counts()` is live and `LoaderStatsCallback` logs it.
+- Shards are foreign input: they are read with `curation.safe_tar` (no compressed tars unless
+  `allow_compressed`, each member's size checked against `max_member_bytes` before it is read), and a
+  stream that has nothing usable ends with a `NothingUsable` error rather than spinning (an endless
+  stream after `MAX_CONSECUTIVE_SKIPS` skips in a row, shard failures included) or ending an epoch
+  empty and silent (a single pass that delivered nothing). A worker that stops delivering for
+  `worker_timeout_s` is an error, not a hang.
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from curation import safe_tar
 from curation.config import ConfigError
 from curation.inputs import expand_shards
 from curation.shards import member, open_shard, video_member
@@ -62,12 +71,15 @@ from training.clip_decode import (
 )
 
 __all__ = [
+    "BadArray",
     "Bucket",
     "ClipTooShort",
     "CorruptClip",
     "CorruptSample",
     "LoaderStatsCallback",
+    "NothingUsable",
     "ShardDataModule",
+    "ShardLoader",
     "ShardStream",
     "caption_variants",
     "choose_bucket",
@@ -78,13 +90,42 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-COUNTERS = ("samples", "too_short", "corrupt", "shard_errors")
+COUNTERS = (
+    "samples",
+    "too_short",
+    "corrupt",
+    "bad_array",
+    "member_too_large",
+    "shard_errors",
+    "internal_error",
+)
 """What every worker counts: samples delivered in batches, and what was skipped, by why."""
 MAX_WORKERS = 256  # rows of the shared counter table
 MAX_CONSECUTIVE_SKIPS = 1000
-"""An endless stream (resampled, or cycled to `epoch_samples`) that skips this many samples in a row has
-nothing usable: it stops with an error instead of spinning forever."""
+"""An endless stream (resampled, or cycled to `epoch_samples`) that skips this many samples or shards in a
+row has nothing usable: it stops with an error instead of spinning forever."""
 WARN_FIRST, WARN_EVERY = 20, 1000  # per worker: the first skips are each told, then every 1000th
+DEFAULT_WORKER_TIMEOUT_S = 600.0
+"""How long the training process waits for a worker's next batch: far above what filling a shuffle
+buffer from remote shards takes, far below a silently stuck run going unnoticed overnight."""
+NUMERIC_KINDS = "biuf"
+"""npy dtypes a latent shard may hold (bool, int, uint, float): anything else (object, structured,
+strings, complex) is not what `reelmill encode` writes, and object arrays would need pickle."""
+LATENT_MEMBERS = ("latent.npy", "text.npy", "text_mask.npy")
+
+
+class BadArray(CorruptSample):
+    """An npy member whose header declares what we refuse to allocate or read: a dtype that is not plain
+    numeric, or more bytes than a member may hold."""
+
+
+class MemberTooLarge(CorruptSample):
+    """A sample with a member (or a total) over the byte caps: the member was never read."""
+
+
+class NothingUsable(RuntimeError):
+    """The shards gave this stream nothing it can train on: more skips in a row than
+    `MAX_CONSECUTIVE_SKIPS` (an endless stream), or not one sample in a whole pass."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,9 +146,23 @@ def read_record(sample: dict) -> dict:
         return value
     try:
         record = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # RecursionError: [[[[...]]]]
         return {}
     return record if isinstance(record, dict) else {}
+
+
+def _segments(caption: dict) -> list:
+    """The well-formed segments of a record's caption: others' records can hold anything there."""
+    from captioning.parsing import Segment
+
+    found = caption.get("segments")
+    out = []
+    for s in found if isinstance(found, list) else []:
+        try:
+            out.append(Segment(float(s["start_s"]), float(s["end_s"]), str(s["text"])))
+        except (KeyError, TypeError, ValueError, OverflowError):
+            continue
+    return out
 
 
 def caption_variants(sample: dict) -> list[str]:
@@ -117,7 +172,7 @@ def caption_variants(sample: dict) -> list[str]:
     `KEY.txt`); the summary is the record's `caption.summary`. Only the dense one when there is no summary,
     and [] when the sample has no caption at all.
     """
-    from captioning.parsing import ParsedCaption, Segment, format_training_caption
+    from captioning.parsing import ParsedCaption, format_training_caption
 
     caption = read_record(sample).get("caption")
     caption = caption if isinstance(caption, dict) else {}
@@ -131,12 +186,7 @@ def caption_variants(sample: dict) -> list[str]:
         except UnicodeDecodeError:
             dense = ""
     if not dense and caption:
-        segments = [
-            Segment(float(s["start_s"]), float(s["end_s"]), str(s["text"]))
-            for s in caption.get("segments") or []
-            if isinstance(s, dict) and {"start_s", "end_s", "text"} <= s.keys()
-        ]
-        dense = format_training_caption(ParsedCaption(summary, segments)).strip()
+        dense = format_training_caption(ParsedCaption(summary, _segments(caption))).strip()
     if not dense:
         return []
     return [dense, summary] if summary else [dense]
@@ -199,11 +249,50 @@ def record_geometry(record: dict, fps: float) -> tuple[int, int, int] | None:
             duration = float(record["num_frames"]) / float(record["fps"])
         else:
             duration = float(record["duration_s"])
-    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+    except (KeyError, TypeError, ValueError, ZeroDivisionError, OverflowError):  # OverflowError: 1e999
         return None
-    if width <= 0 or height <= 0 or duration <= 0:
+    if width <= 0 or height <= 0 or not 0 < duration < math.inf:  # also refuses NaN
         return None
     return width, height, frames_at_fps(duration, fps)
+
+
+def read_npy(data: bytes, name: str, max_bytes: int) -> np.ndarray:
+    """The array of an `.npy` member, checked from its header before anything is allocated: a plain
+    numeric or bool dtype, a shape whose bytes stay under `max_bytes` (raises BadArray otherwise), and
+    exactly those bytes present (raises CorruptSample otherwise). np.load alone would try to allocate
+    whatever shape the header claims, and an object dtype is a pickle."""
+    from numpy.lib import format as npy_format
+
+    stream = io.BytesIO(data)
+    try:
+        version = npy_format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran, dtype = npy_format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, fortran, dtype = npy_format.read_array_header_2_0(stream)
+        elif version == (3, 0):  # exists only for structured dtypes with non-ASCII field names
+            raise BadArray(f"{name}: npy format 3.0 is not read (only 1.0 and 2.0)")
+        else:
+            raise CorruptSample(f"{name}: no npy format has version {version}")
+    except (ValueError, SyntaxError, TypeError) as err:  # numpy's words for a malformed header
+        raise CorruptSample(f"{name}: unreadable npy header ({err})") from None
+    if dtype.kind not in NUMERIC_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+        raise BadArray(f"{name}: dtype {dtype.descr!r} is not a plain numeric or bool dtype")
+    if any(n < 0 for n in shape):
+        raise CorruptSample(f"{name}: negative size in shape {shape}")
+    count = math.prod(shape)
+    nbytes = count * dtype.itemsize  # Python ints: an absurd shape cannot overflow into a small one
+    if nbytes > max_bytes:
+        raise BadArray(
+            f"{name}: shape {shape} of {dtype} is {nbytes} bytes, over max_member_bytes ({max_bytes})"
+        )
+    offset = stream.tell()
+    if len(data) - offset != nbytes:
+        raise CorruptSample(
+            f"{name}: header says {nbytes} bytes of data, the member has {len(data) - offset}"
+        )
+    flat = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+    return flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,19 +300,19 @@ def record_geometry(record: dict, fps: float) -> tuple[int, int, int] | None:
 
 
 class _Skips:
-    """Counts and tells what a worker skips; also a webdataset exception handler (returns True: go on)."""
+    """Counts and tells what a worker skips, and how many skips in a row it has seen."""
 
     def __init__(self, table: torch.Tensor, slot: int):
         self.row = table[slot]  # a view into shared memory; only this worker writes this row
         self.told = 0
         self.consecutive = 0
-        self.shard_failed = False  # a broken shard raises at each member it can no longer read: count it once
-        self.url = ""  # the shard being read
+        self.shard_failed = False  # a shard that fails once is counted once, whatever else it raises
 
     def add(self, counter: str, n: int = 1) -> None:
         self.row[COUNTERS.index(counter)] += n
 
-    def skip(self, counter: str, what: str, why: object) -> None:
+    def skip(self, counter: str, what: str, why: object, exc_info: bool = False) -> None:
+        """Count one skip; tell the first ones (with the traceback for `exc_info`: a bug of ours)."""
         self.add(counter)
         self.consecutive += 1
         self.told += 1
@@ -231,17 +320,12 @@ class _Skips:
             more = (
                 f"; further skips are counted, told every {WARN_EVERY}th" if self.told == WARN_FIRST else ""
             )
-            log.warning("skipped %s (%s): %s%s", what, counter, why, more)
+            log.warning("skipped %s (%s): %s%s", what, counter, why, more, exc_info=exc_info)
 
     def shard_error(self, url: str, why: object) -> None:
         if not self.shard_failed:
             self.shard_failed = True
             self.skip("shard_errors", f"the rest of shard {url}", why)
-
-    def __call__(self, exn: Exception) -> bool:
-        """webdataset's handler protocol: called with what the tar iterator raised; True goes on."""
-        self.shard_error(self.url, repr(exn)[:300])
-        return True
 
 
 def _zero_table() -> torch.Tensor:
@@ -261,7 +345,10 @@ class ShardStream(IterableDataset):
     (`resampled=False`) or endless (`resampled=True`). `split="samples"` (not resampled) has every rank and
     worker read all shards and keep every (world_size x workers)-th sample: for validation sets with
     fewer shards than ranks. `partial`: at the end of a single pass, also yield each bucket's last,
-    incomplete batch (an endless stream never has one).
+    incomplete batch (an endless stream never has one). `max_member_bytes`, `max_sample_bytes`,
+    `allow_compressed`: how shards are read (see `curation.safe_tar.iter_tar_samples`). A URL starting
+    with `pipe:` runs its command: only pass the ones the user wrote (`shard_urls` makes every other
+    URL safe to open as a file).
     """
 
     def __init__(
@@ -283,6 +370,9 @@ class ShardStream(IterableDataset):
         partial: bool = True,
         seed: int | str = 0,
         decode_threads: int = 1,
+        max_member_bytes: int = safe_tar.DEFAULT_MAX_MEMBER_BYTES,
+        max_sample_bytes: int = safe_tar.DEFAULT_MAX_SAMPLE_BYTES,
+        allow_compressed: bool = False,
     ):
         super().__init__()
         if not urls:
@@ -311,6 +401,9 @@ class ShardStream(IterableDataset):
         self.partial = partial
         self.seed = seed
         self.decode_threads = decode_threads
+        self.max_member_bytes = max_member_bytes
+        self.max_sample_bytes = max_sample_bytes
+        self.allow_compressed = allow_compressed
         self.table = _zero_table()
         self._epoch = 0  # counts this copy's iterations: in a persistent worker, its epochs
 
@@ -363,22 +456,34 @@ class ShardStream(IterableDataset):
                 return
 
     def read_shards(self, urls: Iterator[str], skips: _Skips) -> Iterator[dict]:
-        """Raw samples (`{"__key__", "__url__", ext: bytes}`) of each shard, grouped with webdataset's own
-        tar iterator and key grouping; an unreadable shard (or its unreadable tail) is counted and skipped."""
-        from webdataset.tariterators import group_by_keys, tar_file_expander
-
+        """Raw samples (`{"__key__", "__url__", EXT: bytes}`) of each shard, read with bounded memory
+        (`safe_tar`: members over the cap are not read, their sample is flagged); an unreadable,
+        refused (compressed) or empty shard, or its unreadable tail, is counted and skipped, and counts
+        toward the skips in a row, so a stream whose every shard fails ends instead of spinning."""
         for url in urls:
-            skips.url, skips.shard_failed, found = url, False, 0
+            skips.shard_failed, found = False, 0
             try:
                 with open_shard(url) as stream:
-                    files = tar_file_expander([{"url": url, "stream": stream}], handler=skips)
-                    for sample in group_by_keys(files, handler=skips):
+                    for sample in safe_tar.iter_tar_samples(
+                        stream, url, self.max_member_bytes, self.max_sample_bytes, self.allow_compressed
+                    ):
                         found += 1
                         yield sample
             except Exception as exn:  # noqa: BLE001 (any failure to read a shard is the shard's)
                 skips.shard_error(url, repr(exn)[:300])
             if found == 0:
                 skips.shard_error(url, "no samples")
+            self.check_progress(skips)
+
+    def check_progress(self, skips: _Skips) -> None:
+        """Raise NothingUsable once an endless stream has skipped `MAX_CONSECUTIVE_SKIPS` in a row."""
+        if self.endless and skips.consecutive >= MAX_CONSECUTIVE_SKIPS:
+            raise NothingUsable(
+                f"{skips.consecutive} samples or shards in a row skipped (rank {self.rank}; counts so far "
+                f"{self.counts()}): the shards have nothing this stream can use. Check the clips' "
+                f"lengths against num_frames/fps/buckets, kind={self.kind!r} against the shards' members "
+                "(clip shards: KEY.mp4; latent shards: KEY.latent.npy), and the warnings above."
+            )
 
     # -- samples -> items ----------------------------------------------------------------------
 
@@ -424,29 +529,35 @@ class ShardStream(IterableDataset):
 
     def latent_item(self, sample: dict, rng: random.Random) -> tuple[tuple, dict]:
         """(latent shape and text width, {"latents": [C, T', H', W'], "text": [L, D], "text_mask": [L],
-        "caption", "__key__"}), the text trimmed to its own tokens; raises CorruptSample."""
+        "caption", "__key__"}), the text trimmed to its own tokens; raises CorruptSample (BadArray)."""
         arrays = {}
-        for name in ("latent.npy", "text.npy", "text_mask.npy"):
+        for name in LATENT_MEMBERS:
             found = member(sample, name)
             if found is None:
                 raise CorruptSample(f"no KEY.{name}")
-            try:
-                arrays[name] = np.load(io.BytesIO(sample[found]), allow_pickle=False)
-            except (ValueError, OSError, EOFError) as err:
-                raise CorruptSample(f"KEY.{name}: {err}") from None
+            arrays[name] = read_npy(sample[found], f"KEY.{name}", self.max_member_bytes)
         latent, text, mask = arrays["latent.npy"], arrays["text.npy"], arrays["text_mask.npy"]
-        if latent.ndim != 4 or text.ndim != 3 or mask.shape != text.shape[:2] or len(text) == 0:
+        if (
+            latent.ndim != 4
+            or text.ndim != 3
+            or mask.shape != text.shape[:2]
+            or 0 in latent.shape + text.shape
+        ):
             raise CorruptSample(
                 f"shapes latent {latent.shape}, text {text.shape}, text_mask {mask.shape}: "
-                "expected [C, T, H, W], [V, L, D], [V, L]"
+                "expected [C, T, H, W], [V, L, D], [V, L], none of them empty"
             )
         variants = caption_variants(sample)
         choice = choose_caption(variants[: len(text)] or [""], self.dense_caption_prob, rng)
         row_mask = mask[choice].astype(bool)
         length = int(np.flatnonzero(row_mask)[-1]) + 1 if row_mask.any() else 1
+        with np.errstate(all="ignore"):  # float64 beyond float32's range turns inf: refused just below
+            latents, row_text = latent.astype(np.float32), text[choice, :length].astype(np.float32)
+        if not (np.isfinite(latents).all() and np.isfinite(row_text).all()):
+            raise CorruptSample("latents or text embeddings hold NaN or inf (they would poison the loss)")
         item = {
-            "latents": torch.from_numpy(latent.astype(np.float32)),
-            "text": torch.from_numpy(text[choice, :length].astype(np.float32)),
+            "latents": torch.from_numpy(latents),
+            "text": torch.from_numpy(row_text),
             "text_mask": torch.from_numpy(row_mask[:length].copy()),
             "caption": variants[choice] if choice < len(variants) else "",
             "__key__": sample["__key__"],
@@ -454,25 +565,29 @@ class ShardStream(IterableDataset):
         return (*latent.shape, text.shape[-1]), item  # batches share a latent shape and a text width
 
     def items(self, samples: Iterator[dict], rng: random.Random, skips: _Skips) -> Iterator[tuple]:
+        """(batch key, item) for each usable sample; every other one is a counted skip, whatever it
+        raised: a worker that dies takes training with it."""
         make = self.video_item if self.kind == "video" else self.latent_item
         for sample in samples:
             what = f"{sample.get('__key__')} in {sample.get('__url__')}"
             try:
+                if safe_tar.TOO_LARGE in sample:
+                    raise MemberTooLarge(sample[safe_tar.TOO_LARGE])
                 item = make(sample, rng)
+            except MemberTooLarge as err:
+                skips.skip("member_too_large", what, err)
             except ClipTooShort as err:
                 skips.skip("too_short", what, err)
+            except BadArray as err:
+                skips.skip("bad_array", what, err)
             except CorruptSample as err:
                 skips.skip("corrupt", what, err)
+            except Exception as err:  # noqa: BLE001 (a bug of ours on one sample must not end training)
+                skips.skip("internal_error", what, f"{type(err).__name__}: {err}"[:500], exc_info=True)
             else:
                 skips.consecutive = 0
                 yield item
-            if self.endless and skips.consecutive >= MAX_CONSECUTIVE_SKIPS:
-                raise RuntimeError(
-                    f"{skips.consecutive} samples in a row skipped (rank {self.rank}; counts so far "
-                    f"{self.counts()}): the shards have nothing this stream can use. Check the clips' "
-                    f"lengths against num_frames/fps/buckets, kind={self.kind!r} against the shards' members "
-                    "(clip shards: KEY.mp4; latent shards: KEY.latent.npy), and the warnings above."
-                )
+            self.check_progress(skips)
 
     # -- items -> batches ----------------------------------------------------------------------
 
@@ -541,6 +656,42 @@ def _as_list(value: str | list[str] | None) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
+def shard_urls(inputs: list[str]) -> list[str]:
+    """Shard URLs from the user's inputs (`expand_shards`), where only a `pipe:` command the user wrote
+    stays one: a file whose name starts with `pipe:`, found by listing a directory or a glob relative to
+    the working directory, comes back as an absolute path, so it is opened, never run."""
+    found: list[str] = []
+    for item in inputs:
+        if item.startswith("pipe:"):
+            found.append(item)
+            continue
+        found += [os.path.abspath(u) if u.startswith("pipe:") else u for u in expand_shards([item])]
+    return list(dict.fromkeys(found))
+
+
+class ShardLoader(DataLoader):
+    """The data module's DataLoader: a single pass over this rank's shards that delivered no sample at all
+    ends with NothingUsable instead of an empty, silent epoch. Only the training process knows: each
+    worker sees its own shards, and one worker's bad shards are no reason to stop while the others
+    deliver. (A pass split by sample across ranks is not checked: a rank may rightly get nothing.)"""
+
+    def __iter__(self) -> Iterator[dict]:
+        stream = self.dataset
+        before = stream.counts()
+        yield from super().__iter__()
+        if stream.endless or (stream.split == "samples" and stream.world_size > 1):
+            return  # split by sample, a rank's share of a small set may rightly be empty
+        after = stream.counts()
+        if after["samples"] == before["samples"]:
+            skipped = {k: after[k] - before[k] for k in COUNTERS if k != "samples" and after[k] > before[k]}
+            raise NothingUsable(
+                f"a pass over {len(stream.urls)} shard(s) gave no usable sample (skipped: "
+                f"{skipped or 'nothing; the shards hold no samples'}). Check kind={stream.kind!r} against "
+                "the shards' members (clip shards: KEY.mp4; latent shards: KEY.latent.npy), the clips' "
+                "lengths against num_frames/fps/buckets, and the warnings above."
+            )
+
+
 def _usable_cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -575,6 +726,10 @@ class ShardDataModule(L.LightningDataModule):
         decode_threads: int = 1,
         rank: int | None = None,
         world_size: int | None = None,
+        max_member_bytes: int = safe_tar.DEFAULT_MAX_MEMBER_BYTES,
+        max_sample_bytes: int = safe_tar.DEFAULT_MAX_SAMPLE_BYTES,
+        allow_compressed: bool = False,
+        worker_timeout_s: float = DEFAULT_WORKER_TIMEOUT_S,
     ):
         """Batches for `VideoDiTModule` from webdataset shards.
 
@@ -624,6 +779,15 @@ class ShardDataModule(L.LightningDataModule):
             rank: this process's rank among the training processes; None: the trainer's global rank
                 (or torch.distributed's). With world_size, for reading a rank's share outside a trainer.
             world_size: the number of training processes; None: the trainer's (or torch.distributed's).
+            max_member_bytes: the largest shard member read (checked in its tar header before it is
+                read); a sample with a larger one is skipped and counted (`member_too_large`). Also caps
+                what an npy header may declare.
+            max_sample_bytes: the most bytes all members of one sample may hold together.
+            allow_compressed: read gzip/bzip2/xz/zstd-compressed tars; False (the default) counts them
+                as shard errors, since a small compressed shard can inflate to any size.
+            worker_timeout_s: seconds the training process waits for a worker's next batch before it
+                fails (a stuck worker, a hung remote read) instead of hanging; 0: wait forever. Only for
+                num_workers > 0.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -641,6 +805,9 @@ class ShardDataModule(L.LightningDataModule):
             "epoch_samples": epoch_samples is None or epoch_samples >= 1,
             "prefetch_factor": prefetch_factor >= 1,
             "decode_threads": decode_threads >= 1,
+            "max_member_bytes": max_member_bytes >= 1,
+            "max_sample_bytes": max_sample_bytes >= 1,
+            "worker_timeout_s": worker_timeout_s >= 0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -692,9 +859,9 @@ class ShardDataModule(L.LightningDataModule):
                 raise ConfigError(
                     "data.shards: no training shards given (e.g. --data.shards 'OUT/shards/*.tar')"
                 )
-            self.train_urls = expand_shards(_as_list(self.shards))
+            self.train_urls = shard_urls(_as_list(self.shards))
         if stage in (None, "fit", "validate") and self.val_shards and not self.val_urls:
-            self.val_urls = expand_shards(_as_list(self.val_shards))
+            self.val_urls = shard_urls(_as_list(self.val_shards))
 
     def _workers(self, split: str, shards: int, world: int, by_shard: bool) -> int:
         """`num_workers`, capped at this rank's share of the node's CPUs (decoding is CPU-bound: more
@@ -723,14 +890,24 @@ class ShardDataModule(L.LightningDataModule):
         on_cuda = torch.cuda.is_available() and (
             self.trainer is None or self.trainer.strategy.root_device.type == "cuda"
         )
-        return DataLoader(
+        return ShardLoader(
             stream,
             batch_size=None,  # the stream batches (one bucket per batch)
             num_workers=workers,
             persistent_workers=workers > 0,
             prefetch_factor=self.hparams.prefetch_factor if workers > 0 else None,
             pin_memory=self.hparams.pin_memory and on_cuda,
+            timeout=self.hparams.worker_timeout_s if workers > 0 else 0,
         )
+
+    def _reading(self) -> dict:
+        """How streams read shards: the data module's byte caps and compression setting."""
+        hp = self.hparams
+        return {
+            "max_member_bytes": hp.max_member_bytes,
+            "max_sample_bytes": hp.max_sample_bytes,
+            "allow_compressed": hp.allow_compressed,
+        }
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
@@ -760,6 +937,7 @@ class ShardDataModule(L.LightningDataModule):
             world_size=world,
             seed=f"{hp.seed}:{self._start_step()}",
             decode_threads=hp.decode_threads,
+            **self._reading(),
         )
         if epoch_batches is not None:
             # The length is exact by construction (each worker yields its share), which is what the
@@ -804,11 +982,13 @@ class ShardDataModule(L.LightningDataModule):
             split="shards" if by_shard else "samples",
             seed=hp.seed,
             decode_threads=hp.decode_threads,
+            **self._reading(),
         )
         return self._loader("val", stream, workers)
 
     def counts(self, split: Literal["train", "val"] = "train") -> dict[str, int]:
-        """Samples delivered and skipped (`too_short`, `corrupt`, `shard_errors`) by this rank's loader for
+        """Samples delivered and skipped (every counter of `COUNTERS`: `too_short`, `corrupt`,
+        `bad_array`, `member_too_large`, `shard_errors`, `internal_error`) by this rank's loader for
         `split`, summed over its workers, live (workers count into shared memory). `samples` counts what
         went into batches, including the few batches prefetched but not yet trained on."""
         stream = self._streams.get(split)
@@ -823,10 +1003,11 @@ class ShardDataModule(L.LightningDataModule):
 class LoaderStatsCallback(L.Callback):
     """Logs the loader's counts and speed every `every_n_batches` training batches, summed over ranks:
 
-    `data/samples`, `data/too_short`, `data/corrupt`, `data/shard_errors` (totals so far, from
-    `ShardDataModule.counts`; they include batches the workers prefetched), `data/samples_per_s` (samples
-    training took from the loader per second since the last log, over all ranks) and `data/wait_s`: the mean time from the end of one training batch to the start of the next,
-    validation left out. That is the wait for data, near 0 when the loader keeps up (the point of the
+    `data/samples` and one `data/REASON` per skip reason (`too_short`, `corrupt`, `bad_array`,
+    `member_too_large`, `shard_errors`, `internal_error`: totals so far, from `ShardDataModule.counts`;
+    they include batches the workers prefetched), `data/samples_per_s` (samples training took from the
+    loader per second since the last log, over all ranks) and `data/wait_s`: the mean time from the end
+    of one training batch to the start of the next, validation left out. That is the wait for data, near 0 when the loader keeps up (the point of the
     workers), plus whatever other callbacks do between batches (a checkpoint save).
     """
 
