@@ -107,9 +107,14 @@ CLIP_SCHEMA = pa.schema(
 RECAPTION_SCHEMA = pa.schema(
     [
         *CLIP_SCHEMA,
-        ("key", pa.string()),
+        ("key", pa.string()),  # as written (see curation.shards.safe_key)
+        ("input_key", pa.string()),  # the key in the input shard, when it had to be changed
         ("input_shard", pa.string()),
         ("caption_prev", pa.string()),  # JSON: the previous `caption`, or {"text": ...} from a KEY.txt
+        ("error_code", pa.string()),  # why the sample is not as asked: member_too_large, internal_error, ...
+        ("error", pa.string()),
+        ("traceback", pa.string()),  # internal_error rows: where the bug is
+        ("invalid_record", pa.list_(pa.string())),  # KEY.json fields removed, one reason each
     ]
 )
 
@@ -120,7 +125,9 @@ SHARD_SCHEMA = pa.schema(
         ("task_id", pa.int64()),
         ("status", pa.string()),  # ok | error
         ("error", pa.string()),
-        ("samples", pa.int64()),
+        ("error_code", pa.string()),  # unreadable | compressed_shard | internal_error
+        ("traceback", pa.string()),
+        ("samples", pa.int64()),  # read (up to the damage, for a shard with an error)
         ("selected", pa.int64()),
         ("captioned", pa.int64()),
         ("failed", pa.int64()),
@@ -134,6 +141,7 @@ VIDEO_SCHEMA = pa.schema(
         ("status", pa.string()),  # ok | error
         ("error", pa.string()),  # "code: detail" when status is error
         ("error_code", pa.string()),
+        ("traceback", pa.string()),  # the innermost frames, for error_code internal_error
         ("size_bytes", pa.int64()),
         ("duration_s", pa.float64()),
         ("fps", pa.float64()),
@@ -163,10 +171,28 @@ VIDEO_SCHEMA = pa.schema(
 )
 
 
+def utf8_safe(value):
+    """`value` with every string made encodable as UTF-8: a key or file name that was not UTF-8
+    arrives with unpaired surrogates, which parquet cannot write; they become `\\udcff` escapes."""
+    if isinstance(value, str):
+        if value.isascii():
+            return value
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return value
+    if isinstance(value, list):
+        return [utf8_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: utf8_safe(v) for k, v in value.items()}
+    return value
+
+
 def table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     """Rows to a table with exactly `schema`'s columns (missing fields become nulls)."""
     return pa.Table.from_pylist(
-        [{name: row.get(name) for name in schema.names} for row in rows], schema=schema
+        [{name: utf8_safe(row.get(name)) for name in schema.names} for row in rows], schema=schema
     )
 
 

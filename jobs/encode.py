@@ -5,8 +5,16 @@ clip's `frames.*` window, decoded exactly as the data module decodes clips), `KE
 [V, L, D]: the text encoder's token embeddings of each caption variant, dense then summary, zero
 padded to the longest), `KEY.text_mask.npy` (bool [V, L]), `KEY.json` (the record, with an `encoding`
 section) and `KEY.txt` (the dense caption). A sample that cannot be encoded (no video, no caption,
-too short for `frames.num_frames` at `frames.fps`, undecodable) is not written: it is a row in
-`manifest/samples` with its reason, like every sample.
+too short for `frames.num_frames` at `frames.fps`, undecodable, a member over the `io` limits) is not
+written: it is a row in `manifest/samples` with its reason, like every sample.
+
+Input shards are untrusted, and one bad item never ends the job: a shard that cannot be read (missing,
+not a tar, compressed when `io.allow_compressed` is false) is a `shard_error` row, after the samples
+before the damage; an exception on one sample (a bug of ours) is an `internal_error` row with a
+traceback, counted in run.json; a `KEY.json` with wrongly typed fields is used with those fields
+removed, one reason each in the record's `errors` and the row's `invalid_record`. Keys are written
+made safe (`curation.shards.safe_key`); a row keeps the original as `input_key`. Transient failures
+(timeouts, a full disk) end the Ray task, which is retried, and leave the task without its marker.
 
 The Ray Data pipeline: tasks of input shards are read and their clips decoded in CPU tasks, which
 hand on chunks of `shards.clips_per_shard` clips (memory stays bounded however large a shard); an
@@ -24,7 +32,6 @@ import io
 import json
 import pickle
 import sys
-import tarfile
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -37,57 +44,122 @@ from curation import config as config_lib
 from curation import ffmpeg_tools, storage
 from curation.inputs import Task, expand_input_shards, make_tasks
 from curation.layout import OutputLayout
-from curation.shards import TaskShardWriter, iter_samples, member, video_member
+from curation.quarantine import INTERNAL_ERROR, internal_error_row
+from curation.record_check import check_record_json
+from curation.safe_tar import TOO_LARGE
+from curation.shards import (
+    TaskShardWriter,
+    iter_samples,
+    member,
+    raise_if_transient,
+    safe_key,
+    shard_failure,
+    video_member,
+)
 from curation.writer import clear_task, parquet_bytes
 from jobs.curate import prepare_output
 from jobs.job_configs import EncodeConfig
-from jobs.ray_runtime import fit_actor_cpus, ray_session
+from jobs.ray_runtime import (
+    actor_retry_args,
+    fit_actor_cpus,
+    ray_session,
+    retry_args_accepted,
+    task_retry_args,
+)
 from jobs.run_info import versions
 
 SAMPLE_SCHEMA = pa.schema(
     [
-        ("key", pa.string()),
+        ("key", pa.string()),  # as written (see curation.shards.safe_key)
+        ("input_key", pa.string()),  # the key in the input shard, when it had to be changed
         ("input_shard", pa.string()),
         ("task_id", pa.int64()),
         ("status", pa.string()),  # ok | skipped | shard_error
-        ("reason", pa.string()),  # no_video | no_caption | too_short | undecodable | unreadable: ...
+        # no_video | no_caption | too_short | undecodable | member_too_large: ... | internal_error: ...
+        # | unreadable: ... | compressed_shard: ...
+        ("reason", pa.string()),
+        ("traceback", pa.string()),  # internal_error rows: where the bug is
+        ("invalid_record", pa.list_(pa.string())),  # KEY.json fields removed, one reason each
         ("shard", pa.string()),
         ("latent_shape", pa.list_(pa.int64())),
         ("text_tokens", pa.list_(pa.int64())),  # real tokens per caption variant
     ]
 )
 
+MAX_RETRIES = 3
+"""Ray retries of a task that failed transiently (the row functions raise those as `TransientError`;
+anything else about one item is a row) or whose worker died."""
 
-def _decode_sample(sample: dict, cfg: EncodeConfig) -> tuple[dict | None, str | None]:
-    """(the clip ready for the encoders, None) or (None, why it is skipped)."""
+
+def _ids(key: str, uri: str) -> dict:
+    """The manifest's key columns: the key as written, and the input's key when it had to change."""
+    written = safe_key(key)
+    return {"key": written, "input_key": key if written != key else None, "input_shard": uri}
+
+
+def _internal_row(ids: dict, exc: BaseException, stage: str) -> dict:
+    """The skipped row of a sample on which our code raised."""
+    fields = internal_error_row(exc, stage)
+    reason = f"{INTERNAL_ERROR}: {fields['error']}"
+    return ids | {"status": "skipped", "reason": reason, "traceback": fields["traceback"]}
+
+
+def _decode_sample(sample: dict, cfg: EncodeConfig) -> tuple[dict | None, str | None, list[str]]:
+    """(the clip ready for the encoders, None, problems) or (None, why it is skipped, problems);
+    `problems`: the KEY.json fields removed as wrongly typed, one reason each."""
     from training.data import ClipTooShort, CorruptClip, caption_variants, decode_clip
 
+    json_name = member(sample, "json")
+    checked = check_record_json(sample[json_name] if json_name else None)
+    if TOO_LARGE in sample:
+        return None, f"member_too_large: {sample[TOO_LARGE]}", checked.problems
     video = video_member(sample)
     if video is None:
-        return None, "no_video"
-    variants = caption_variants(sample)
+        return None, "no_video", checked.problems
+    # the caption is read from the checked record: a segment with `"start_s": "abc"` is gone from it
+    variants = caption_variants({**sample, json_name: checked.record} if json_name else sample)
     if not variants:
-        return None, "no_caption"
+        return None, "no_caption", checked.problems
     f = cfg.frames
     try:
         frames = decode_clip(sample[video], f.num_frames, f.fps, f.height, f.width, crop=f.crop)
     except ClipTooShort:
-        return None, "too_short"
+        return None, "too_short", checked.problems
     except CorruptClip:
-        return None, "undecodable"
-    json_name = member(sample, "json")
+        return None, "undecodable", checked.problems
+    record = checked.record
+    if checked.problems:
+        record["errors"] = list(record.get("errors") or []) + checked.error_entries()
+    clip = {"key": sample["__key__"], "frames": frames.numpy(), "variants": variants, "record": record}
+    return clip, None, checked.problems
+
+
+def _read_sample(sample: dict, uri: str, cfg: EncodeConfig) -> tuple[dict | None, dict | None]:
+    """(the decoded clip, None) or (None, its skipped row); our own exception on it is that row too."""
+    ids = _ids(sample["__key__"], uri)
     try:
-        record = json.loads(sample[json_name]) if json_name else {}
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        record = {}
-    return {"key": sample["__key__"], "frames": frames.numpy(), "variants": variants, "record": record}, None
+        clip, reason, invalid = _decode_sample(sample, cfg)
+    except Exception as exc:  # noqa: BLE001 (one sample's bug is that sample's row)
+        raise_if_transient(exc)
+        return None, _internal_row(ids, exc, "encode.decode")
+    if clip is None:
+        return None, ids | {"status": "skipped", "reason": reason, "invalid_record": invalid or None}
+    return clip | {"input_shard": uri, "invalid": invalid}, None
 
 
 def _read_task(row: dict, cfg: EncodeConfig):
     """Yield a task's clips in chunks of `clips_per_shard`, decoded; skipped samples and unreadable
     shards ride on the first chunk. A task always yields at least one (perhaps empty) chunk."""
+    try:
+        yield from _read_chunks(row, cfg)
+    except Exception as exc:
+        raise_if_transient(exc)  # so that Ray retries the task (see task_retry_args)
+        raise
+
+
+def _read_chunks(row: dict, cfg: EncodeConfig):
     task: Task = pickle.loads(row["task"])
-    size = cfg.shards.clips_per_shard
+    size, io = cfg.shards.clips_per_shard, cfg.io
     skipped, chunk, index = [], [], 0
 
     def emit(last: bool):
@@ -104,16 +176,28 @@ def _read_task(row: dict, cfg: EncodeConfig):
 
     for uri in task.uris:
         try:
-            for sample in iter_samples(uri):
-                clip, reason = _decode_sample(sample, cfg)
+            for sample in iter_samples(uri, io.max_member_bytes, io.max_sample_bytes, io.allow_compressed):
+                clip, skip = _read_sample(sample, uri, cfg)
                 if clip is None:
-                    skipped.append({"key": sample["__key__"], "input_shard": uri, "reason": reason})
+                    skipped.append(skip)
                     continue
-                chunk.append(clip | {"input_shard": uri})
+                chunk.append(clip)
                 if len(chunk) == size:
                     yield emit(last=False)
-        except (tarfile.TarError, OSError, ValueError, EOFError) as exc:  # a broken or missing shard
-            skipped.append({"key": None, "input_shard": uri, "reason": f"unreadable: {exc}"})
+        except Exception as exc:  # noqa: BLE001 (shard_failure sorts it: transient, input, or ours)
+            fields = shard_failure(exc, "encode.read")
+            reason, where = fields["error"], fields.get("traceback")
+            if fields["error_code"] == INTERNAL_ERROR:
+                reason = f"{INTERNAL_ERROR}: {reason}"
+            skipped.append(
+                {
+                    "key": None,
+                    "input_shard": uri,
+                    "status": "shard_error",
+                    "reason": reason,
+                    "traceback": where,
+                }
+            )
     yield emit(last=True)
 
 
@@ -132,14 +216,32 @@ class EncodeActor:
         self.vae = VideoVAE.from_config(cfg.vae, device)
         self.text = TextEncoder.from_config(cfg.text_encoder, device)
 
-    def encode(self, clips: list[dict]) -> list[dict]:
+    def encode(self, clips: list[dict]) -> tuple[list[dict], list[dict]]:
+        """(encoded clips, skipped rows): a batch that raises is encoded again clip by clip, so that
+        only a clip our code fails on becomes an internal_error row."""
+        out, failed = [], []
+        for start in range(0, len(clips), self.cfg.batch_size):
+            batch = clips[start : start + self.cfg.batch_size]
+            try:
+                out += self.encode_batch(batch)
+            except Exception as exc:  # noqa: BLE001 (one clip's bug is that clip's row)
+                raise_if_transient(exc)
+                for clip in batch:
+                    try:
+                        out += self.encode_batch([clip])
+                    except Exception as alone:  # noqa: BLE001
+                        raise_if_transient(alone)
+                        failed.append(_internal_row(_ids(clip["key"], clip["input_shard"]), alone, "encode"))
+        return out, failed
+
+    def encode_batch(self, batch: list[dict]) -> list[dict]:
+        """Encode clips of the same shape in one VAE and one text-encoder call."""
         import torch
 
         from training.data import to_model_range
 
         out = []
-        for start in range(0, len(clips), self.cfg.batch_size):
-            batch = clips[start : start + self.cfg.batch_size]
+        if batch:
             video = torch.stack([to_model_range(torch.from_numpy(c["frames"])) for c in batch])
             latents = self.vae.encode(video).cpu().numpy().astype(np.float16)  # [B, C, T', H', W']
             prompts = [v for c in batch for v in c["variants"]]
@@ -153,7 +255,7 @@ class EncodeActor:
                 text = (embeddings[row : row + v, :length] * m[:, :length, None]).astype(np.float16)
                 out.append(
                     {
-                        **{k: clip[k] for k in ("key", "input_shard", "record", "variants")},
+                        **{k: clip[k] for k in ("key", "input_shard", "record", "variants", "invalid")},
                         "latent": latent,
                         "text": text,
                         "text_mask": m[:, :length].astype(bool),
@@ -163,8 +265,12 @@ class EncodeActor:
         return out
 
     def __call__(self, batch: dict) -> dict:
-        out = {k: list(v) for k, v in batch.items() if k != "clips"}
-        out["encoded"] = [pickle.dumps(self.encode(pickle.loads(clips))) for clips in batch["clips"]]
+        out = {k: list(v) for k, v in batch.items() if k not in ("clips", "skipped")}
+        out["encoded"], out["skipped"] = [], []
+        for clips, skipped in zip(batch["clips"], batch["skipped"], strict=True):
+            encoded, failed = self.encode(pickle.loads(clips))
+            out["encoded"].append(pickle.dumps(encoded))
+            out["skipped"].append(pickle.dumps(pickle.loads(skipped) + failed))
         return out
 
 
@@ -174,55 +280,73 @@ def _npy(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def _sample_members(sample: dict, cfg: EncodeConfig) -> dict[str, bytes]:
+    """The members of one latent sample, the record gaining its `encoding` section."""
+    f = cfg.frames
+    record = dict(sample["record"])
+    record["encoding"] = {
+        "num_frames": f.num_frames,
+        "fps": f.fps,
+        "height": f.height,
+        "width": f.width,
+        "crop": f.crop,
+        "latent_shape": list(sample["latent"].shape),
+        "variants": ["dense", "summary"][: len(sample["variants"])],
+    }
+    return {
+        "latent.npy": _npy(sample["latent"]),
+        "text.npy": _npy(sample["text"]),
+        "text_mask.npy": _npy(sample["text_mask"]),
+        "json": json.dumps(record, sort_keys=True).encode(),
+        "txt": sample["variants"][0].encode(),
+    }
+
+
 def _write_chunk(row: dict, out: str, cfg: EncodeConfig) -> dict:
     """One chunk -> one shard part and one manifest part; returns the chunk's counts for the driver."""
+    try:
+        return _write_chunk_files(row, out, cfg)
+    except Exception as exc:
+        raise_if_transient(exc)  # so that Ray retries the task (see task_retry_args); no marker follows
+        raise
+
+
+def _write_chunk_files(row: dict, out: str, cfg: EncodeConfig) -> dict:
     layout = OutputLayout(out)
     task_id, chunk = int(row["task_id"]), int(row["chunk"])
     encoded, skipped = pickle.loads(row["encoded"]), pickle.loads(row["skipped"])
-    f = cfg.frames
     rows = []
     with TaskShardWriter(layout.shards, task_id, len(encoded) or 1, 2**62, first_part=chunk) as writer:
         for sample in encoded:
-            record = dict(sample["record"])
-            record["encoding"] = {
-                "num_frames": f.num_frames,
-                "fps": f.fps,
-                "height": f.height,
-                "width": f.width,
-                "crop": f.crop,
-                "latent_shape": list(sample["latent"].shape),
-                "variants": ["dense", "summary"][: len(sample["variants"])],
-            }
-            members = {
-                "latent.npy": _npy(sample["latent"]),
-                "text.npy": _npy(sample["text"]),
-                "text_mask.npy": _npy(sample["text_mask"]),
-                "json": json.dumps(record, sort_keys=True).encode(),
-                "txt": sample["variants"][0].encode(),
-            }
-            shard = writer.write(sample["key"], members)
+            ids = _ids(sample["key"], sample["input_shard"])
+            try:
+                shard = writer.write(ids["key"], _sample_members(sample, cfg))
+            except Exception as exc:  # noqa: BLE001 (one sample's bug is that sample's row)
+                raise_if_transient(exc)
+                rows.append(_internal_row(ids, exc, "encode.write") | {"task_id": task_id})
+                continue
             rows.append(
-                {
-                    "key": sample["key"],
-                    "input_shard": sample["input_shard"],
+                ids
+                | {
                     "task_id": task_id,
                     "status": "ok",
                     "reason": None,
+                    "invalid_record": sample["invalid"] or None,
                     "shard": shard,
                     "latent_shape": list(sample["latent"].shape),
                     "text_tokens": [int(n) for n in sample["text_mask"].sum(axis=1)],
                 }
             )
-    for s in skipped:
-        status = "shard_error" if s["key"] is None else "skipped"
-        rows.append(s | {"task_id": task_id, "status": status, "shard": None})
+    rows += [s | {"task_id": task_id, "shard": None} for s in skipped]
     part = storage.join(layout.samples_manifest, f"task-{task_id:06d}-{chunk:03d}.parquet")
     storage.write_bytes(part, parquet_bytes(rows, SAMPLE_SCHEMA))
     reasons = Counter(r["reason"].split(":")[0] for r in rows if r["status"] != "ok")
     summary = {
-        "written": len(encoded),
+        "written": sum(r["status"] == "ok" for r in rows),
         "skipped": dict(reasons),
         "shards": writer.written,
+        "internal_errors": reasons[INTERNAL_ERROR],
+        "invalid_records": sum(bool(r.get("invalid_record")) for r in rows),
     }
     return {"task_id": task_id, "chunk": chunk, "last": bool(row["last"]), "summary": json.dumps(summary)}
 
@@ -231,6 +355,8 @@ def _merge(into: dict, summary: dict) -> dict:
     into["written"] = into.get("written", 0) + summary["written"]
     into["skipped"] = dict(Counter(into.get("skipped", {})) + Counter(summary["skipped"]))
     into["shards"] = into.get("shards", []) + summary["shards"]
+    for key in ("internal_errors", "invalid_records"):  # markers written before these counts have none
+        into[key] = into.get(key, 0) + summary.get(key, 0)
     return into
 
 
@@ -285,17 +411,27 @@ def run_encode(
             ds = ray.data.from_items(
                 [{"task": pickle.dumps(t)} for t in pending], override_num_blocks=len(pending)
             )
-            ds = ds.flat_map(functools.partial(_read_task, cfg=cfg), num_cpus=cfg.read_cpus)
-            ds = ds.map_batches(
-                EncodeActor,
-                fn_constructor_kwargs={"cfg": cfg},
-                batch_size=1,  # a row is a chunk of clips: batched inside the actor
-                compute=ray.data.ActorPoolStrategy(size=cfg.actors),
-                num_cpus=fitted["encode"],
-                num_gpus=gpus,
-                memory=int(cfg.memory_gb * 2**30),
-            )
-            ds = ds.map(functools.partial(_write_chunk, out=output, cfg=cfg), num_cpus=cfg.write_cpus)
+            with retry_args_accepted():  # every stage retried on a TransientError or a dead worker
+                ds = ds.flat_map(
+                    functools.partial(_read_task, cfg=cfg),
+                    num_cpus=cfg.read_cpus,
+                    **task_retry_args(MAX_RETRIES),
+                )
+                ds = ds.map_batches(
+                    EncodeActor,
+                    fn_constructor_kwargs={"cfg": cfg},
+                    batch_size=1,  # a row is a chunk of clips: batched inside the actor
+                    compute=ray.data.ActorPoolStrategy(size=cfg.actors),
+                    num_cpus=fitted["encode"],
+                    num_gpus=gpus,
+                    memory=int(cfg.memory_gb * 2**30),
+                    **actor_retry_args(MAX_RETRIES),
+                )
+                ds = ds.map(
+                    functools.partial(_write_chunk, out=output, cfg=cfg),
+                    num_cpus=cfg.write_cpus,
+                    **task_retry_args(MAX_RETRIES),
+                )
             chunks: dict[int, list] = {}
             for row in ds.iter_rows():
                 task_id = int(row["task_id"])
@@ -325,6 +461,8 @@ def run_encode(
         "written": total.get("written", 0),
         "skipped": total.get("skipped", {}),
         "shards": len(total.get("shards", [])),
+        "internal_errors": total.get("internal_errors", 0),
+        "invalid_records": total.get("invalid_records", 0),
     }
     run = {
         "job": "encode",
@@ -346,6 +484,8 @@ def run_encode(
     storage.write_bytes(layout.run_json, json.dumps(run, indent=1).encode())
     log(
         f"reelmill encode: {counts['written']} samples written in {counts['shards']} shards, skipped "
-        f"{counts['skipped'] or 'none'}, {wall:.1f}s -> {output}" + (f" [models: {models}]" if models else "")
+        f"{counts['skipped'] or 'none'}, {counts['invalid_records']} with invalid records, "
+        f"{counts['internal_errors']} internal errors, {wall:.1f}s -> {output}"
+        + (f" [models: {models}]" if models else "")
     )
     return run

@@ -6,6 +6,16 @@ keeps every field and gains the new `caption` (the one it replaces moves to `cap
 `caption_metrics`; `KEY.txt` becomes the new training caption. Output, manifests and resume work
 as in `curate`: tasks of input shards, completion markers, a refusal to resume under another config.
 
+Foreign shards are untrusted input, and one bad item never ends the job: a shard that cannot be read
+(missing, not a tar, compressed when `io.allow_compressed` is false) is a row in `manifest/shards`
+with its reason, after the samples before the damage; a sample with a member over the `io` limits,
+or whose processing raised (a bug of ours: `internal_error`, with a traceback), is a row in
+`manifest/clips` with its `error_code` and is not written; a `KEY.json` with wrongly typed fields is
+written with those fields removed, one reason each in its `errors` and the row's `invalid_record`.
+Keys are written made safe (`curation.shards.safe_key`); a row keeps the original as `input_key`.
+Transient failures (timeouts, a full disk) are not recorded: they end the Ray task, which is retried,
+and leave it without a completion marker.
+
 The Ray Data pipeline, one row per task: read the shards and prepare caption frames (CPU tasks)
 -> the VLM (actor pool) -> write the shards, manifest parts and marker (CPU tasks).
 """
@@ -19,82 +29,154 @@ import hashlib
 import json
 import pickle
 import sys
-import tarfile
 import time
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import ray
 
 from captioning.captioner import CaptionOutcome
+from captioning.stage import CaptionPrep
 from curation import config as config_lib
 from curation import ffmpeg_tools, storage
+from curation.curate_config import IOConfig
 from curation.inputs import Task, check_subset, expand_input_shards, in_sample, make_tasks
 from curation.layout import OutputLayout
+from curation.quarantine import INTERNAL_ERROR, internal_error_row, is_transient, retry_transient
 from curation.record import RECAPTION_SCHEMA, SHARD_SCHEMA, flatten_record
-from curation.shards import TaskShardWriter, list_keys, member, read_samples, video_member
+from curation.record_check import check_record_json
+from curation.safe_tar import TOO_LARGE
+from curation.shards import (
+    TaskShardWriter,
+    iter_keys,
+    iter_samples,
+    member,
+    raise_if_transient,
+    safe_key,
+    shard_failure,
+    video_member,
+)
 from curation.writer import clear_task, parquet_bytes
-from jobs.captioning_stage import add_caption_actors, caption_report, check_captioning, prep_columns
+from jobs.captioning_stage import add_caption_actors, caption_report, check_captioning
 from jobs.curate import prepare_output
 from jobs.job_configs import NOT_IN_FINGERPRINT, RecaptionConfig
-from jobs.ray_runtime import fit_actor_cpus, ray_session
+from jobs.ray_runtime import (
+    actor_retry_args,
+    fit_actor_cpus,
+    ray_session,
+    retry_args_accepted,
+    task_retry_args,
+)
 from jobs.report import report_after_job
 from jobs.run_info import versions
 
+QUARANTINED = "__quarantined__"
+"""Set on a sample whose preparation raised: the manifest fields of its internal_error row."""
 
-def plan_quotas(uris: list[str], limit: int | None, fraction: float, seed: int) -> dict[str, int | None]:
+MAX_RETRIES = 3
+"""Ray retries of a task that failed transiently (the row functions raise those as `TransientError`;
+anything else about one item is a row) or whose worker died."""
+
+
+def _count_selected(uri: str, fraction: float, seed: int, allow_compressed: bool) -> tuple[int, bool]:
+    """(selected keys of a shard, whether it could be listed to its end). A shard that cannot counts
+    the keys before the damage; reading it later records the damage as the shard's row."""
+    count = 0
+    try:
+        for key in iter_keys(uri, allow_compressed):
+            count += in_sample(key, fraction, seed)
+    except Exception as exc:  # noqa: BLE001 (whatever it is, _read_row meets it again and records it)
+        if is_transient(exc):
+            raise
+        return count, False
+    return count, True
+
+
+def plan_quotas(
+    uris: list[str], limit: int | None, fraction: float, seed: int, allow_compressed: bool = False
+) -> tuple[dict[str, int | None], set[str]]:
     """How many selected samples each shard contributes: all (None) without `--limit`; with it, the
-    first `limit` selected samples in shard order (shards past the limit get 0, and are not read)."""
+    first `limit` selected samples in shard order (shards past the limit get 0, and are not read).
+    Also the shards that could not be listed to their end: their tasks run even with nothing to
+    caption, so that the damage is recorded."""
     if limit is None:
-        return dict.fromkeys(uris)
-    quotas, left = {}, limit
+        return dict.fromkeys(uris), set()
+    quotas, damaged, left = {}, set(), limit
     for uri in uris:
         if left == 0:
             quotas[uri] = 0
             continue
-        selected = sum(in_sample(key, fraction, seed) for key in list_keys(uri))
+        selected, whole = retry_transient(
+            lambda uri=uri: _count_selected(uri, fraction, seed, allow_compressed), 3, f"listing {uri}"
+        )
+        if not whole:
+            damaged.add(uri)
         quotas[uri] = min(selected, left)
         left -= quotas[uri]
-    return quotas
+    return quotas, damaged
+
+
+def _read_shard(
+    uri: str, task_id: int, io: IOConfig, quota: int | None, fraction: float, seed: int
+) -> tuple[dict, list[dict]]:
+    """(the shard's manifest row, its selected samples). Only the selected samples are held; a shard
+    that breaks off keeps the samples before the damage and says why in its row."""
+    info = {"uri": uri, "task_id": task_id, "status": "ok"}
+    seen, chosen = 0, []
+    try:
+        for sample in iter_samples(uri, io.max_member_bytes, io.max_sample_bytes, io.allow_compressed):
+            seen += 1
+            if (quota is None or len(chosen) < quota) and in_sample(sample["__key__"], fraction, seed):
+                chosen.append(sample)
+    except Exception as exc:  # noqa: BLE001 (shard_failure sorts it: transient, input, or ours)
+        info |= {"status": "error", **shard_failure(exc, "recaption.read")}
+    return info | {"samples": seen, "selected": len(chosen)}, chosen
+
+
+def _prepare(ident: str, sample: dict, prep: CaptionPrep, prepared: list, failed: list) -> None:
+    """Decode one sample's caption frames into `prepared` (or `failed`, when it does not decode).
+    A sample with a member over the limits is not captioned; one whose preparation raises is marked
+    `QUARANTINED`, so that the rest of the task goes on."""
+    video = video_member(sample)
+    if video is None or TOO_LARGE in sample:
+        return
+    try:
+        ready, bad = prep.run([(ident, sample[video])])
+    except Exception as exc:  # noqa: BLE001 (one sample's bug is that sample's row)
+        raise_if_transient(exc)
+        sample[QUARANTINED] = internal_error_row(exc, "recaption.prepare")
+        return
+    prepared += ready
+    failed += bad
 
 
 def _read_row(row: dict, cfg: RecaptionConfig, quotas: dict, fraction: float, seed: int) -> dict:
     """Read a task's shards, pick the selected samples and prepare their frames for the VLM."""
+    try:
+        return _read_task(row, cfg, quotas, fraction, seed)
+    except Exception as exc:
+        raise_if_transient(exc)  # so that Ray retries the task (see task_retry_args)
+        raise
+
+
+def _read_task(row: dict, cfg: RecaptionConfig, quotas: dict, fraction: float, seed: int) -> dict:
     task: Task = pickle.loads(row["task"])
-    shard_rows, samples = [], []
+    prep = CaptionPrep(cfg.captioning)
+    shard_rows, samples, prepared, failed = [], [], [], []
     for uri in task.uris:
-        info = {"uri": uri, "task_id": task.task_id, "status": "ok"}
-        try:
-            every = read_samples(uri)
-        except (tarfile.TarError, OSError, ValueError, EOFError) as exc:  # a broken or missing shard
-            shard_rows.append(info | {"status": "error", "error": f"unreadable: {exc}"})
-            continue
-        chosen = [s for s in every if in_sample(s["__key__"], fraction, seed)][: quotas[uri]]
-        shard_rows.append(info | {"samples": len(every), "selected": len(chosen)})
-        samples += [(uri, s) for s in chosen]
-    clips = [(str(i), s[m]) for i, (_, s) in enumerate(samples) if (m := video_member(s))]
+        info, chosen = _read_shard(uri, task.task_id, cfg.io, quotas[uri], fraction, seed)
+        shard_rows.append(info)
+        for sample in chosen:
+            _prepare(str(len(samples)), sample, prep, prepared, failed)
+            samples.append((uri, sample))
     return {
         "task_id": task.task_id,
         "samples": pickle.dumps(samples),
         "shards": pickle.dumps(shard_rows),
-        **prep_columns(clips, cfg.captioning),
+        "prepared": pickle.dumps(prepared),
+        "failed": pickle.dumps(failed),
     }
-
-
-def _load_record(sample: dict) -> tuple[dict, str | None]:
-    """The sample's JSON record (empty when it has none), and why it could not be read, if it could not."""
-    name = member(sample, "json")
-    if name is None:
-        return {}, None
-    try:
-        record = json.loads(sample[name])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return {}, f"KEY.json unreadable ({exc}); a new one replaces it"
-    return (
-        (record, None)
-        if isinstance(record, dict)
-        else ({}, "KEY.json is not an object; a new one replaces it")
-    )
 
 
 def _previous_caption(record: dict, sample: dict) -> dict | None:
@@ -104,14 +186,25 @@ def _previous_caption(record: dict, sample: dict) -> dict | None:
     return {"text": sample[txt].decode("utf-8", "replace")} if txt else None
 
 
-def recaption_sample(
-    sample: dict, outcome: CaptionOutcome | None, on_failure: str
-) -> tuple[dict, dict, bool]:
-    """(members to write, the updated record, kept) for one sample; members keep their names and order."""
-    record, problem = _load_record(sample)
-    errors = list(record.get("errors") or [])
-    if problem:
-        errors.append({"stage": "recaption", "message": problem})
+@dataclass
+class Recaptioned:
+    """One sample after recaptioning: what to write, and what its manifest row says."""
+
+    members: dict[str, bytes]
+    """Members to write, names and order as they were."""
+    record: dict
+    kept: bool
+    invalid: list[str]
+    """Reasons for the KEY.json fields that were removed."""
+
+
+def recaption_sample(sample: dict, outcome: CaptionOutcome | None, on_failure: str) -> Recaptioned:
+    """The sample with its new caption (or why it has none). Its KEY.json is checked first: wrongly
+    typed fields are removed, each with a reason in `errors` (stage `input_record`)."""
+    json_name = member(sample, "json")
+    checked = check_record_json(sample[json_name] if json_name else None)
+    record = checked.record
+    errors = list(record.get("errors") or []) + checked.error_entries()
     kept = record.get("kept", True) is not False
     if outcome is None:
         errors.append({"stage": "recaption", "message": "no video member (mp4, webm, mkv, mov, avi)"})
@@ -131,47 +224,118 @@ def recaption_sample(
     txt = member(members, "txt") or "txt"
     if outcome is not None and outcome.caption is not None:
         members[txt] = outcome.text.encode()
-    return members, record, kept
+    return Recaptioned(members, record, kept, checked.problems)
+
+
+def _sample_ids(sample: dict, uri: str) -> dict:
+    """The manifest's key columns: the key as written, and the input's key when it had to change."""
+    key = sample["__key__"]
+    written = safe_key(key)
+    return {"key": written, "input_key": key if written != key else None, "input_shard": uri}
+
+
+def _rejected_row(ids: dict, fields: dict) -> dict:
+    """The row of a sample that is not written (`fields`: error_code, error, perhaps traceback)."""
+    return {
+        "clip_id": ids["key"],
+        "kept": False,
+        "drop_reason": fields["error_code"],
+        "errors": [{"stage": "recaption", "message": fields["error"]}],
+        **{k: None for k in ("error_code", "error", "traceback")},
+        **fields,
+        **ids,
+    }
+
+
+class _Writers:
+    """A task's kept and (with `shards.keep_dropped`) dropped shard writers."""
+
+    def __init__(self, stack: contextlib.ExitStack, layout: OutputLayout, task_id: int, cfg: RecaptionConfig):
+        limits = cfg.shards
+        self.kept = stack.enter_context(
+            TaskShardWriter(layout.shards, task_id, limits.max_clips, limits.max_bytes)
+        )
+        self.dropped = None
+        if limits.keep_dropped:
+            self.dropped = stack.enter_context(
+                TaskShardWriter(layout.dropped, task_id, limits.max_clips, limits.max_bytes)
+            )
+
+    def write(self, key: str, done: Recaptioned) -> None:
+        """Write the sample where it belongs (or nowhere), with its record naming its shard."""
+        target = self.kept if done.kept else self.dropped
+        record, members = done.record, done.members
+        record["shard"] = None
+        if target is None:
+            return
+        json_name = member(members, "json") or "json"
+        members[json_name] = b""  # holds the json's place in the member order until it is made
+        # the record names its own shard, so the part is chosen before the json is made
+        record["shard"] = target.place(sum(len(v) for v in members.values()))
+        members[json_name] = json.dumps(record, sort_keys=True).encode()
+        target.write(key, members)
+
+
+def _sample_row(
+    uri: str, sample: dict, outcome: CaptionOutcome | None, writers: _Writers, on_failure: str
+) -> dict:
+    """Recaption and write one sample; returns its manifest row. An input problem found while reading
+    is a row, and the sample is not written."""
+    ids = _sample_ids(sample, uri)
+    if QUARANTINED in sample:
+        return _rejected_row(ids, sample[QUARANTINED])
+    if TOO_LARGE in sample:
+        return _rejected_row(ids, {"error_code": "member_too_large", "error": sample[TOO_LARGE]})
+    done = recaption_sample(sample, outcome, on_failure)
+    writers.write(ids["key"], done)
+    return flatten_record(done.record) | {
+        "clip_id": done.record.get("clip_id") or ids["key"],
+        **ids,
+        **_outcome_error(outcome),
+        "traceback": None,
+        "invalid_record": done.invalid or None,
+    }
+
+
+def _outcome_error(outcome: CaptionOutcome | None) -> dict:
+    """The row's error columns for what captioning made of the sample: no video, or a bug of ours met
+    while captioning it (the captioning stage reports those as a failure, and they count as such)."""
+    if outcome is None:
+        return {"error_code": "no_video", "error": "no video member (mp4, webm, mkv, mov, avi)"}
+    if outcome.caption is None and outcome.failure == INTERNAL_ERROR:
+        return {"error_code": INTERNAL_ERROR, "error": outcome.detail}
+    return {"error_code": None, "error": None}
 
 
 def _write_row(row: dict, out: str, cfg: RecaptionConfig, fingerprint: str) -> dict:
-    layout, limits = OutputLayout(out), cfg.shards
+    """Write a task's samples, manifest parts and marker."""
+    try:
+        return _write_task(row, out, cfg, fingerprint)
+    except Exception as exc:
+        raise_if_transient(exc)  # so that Ray retries the task (see task_retry_args); no marker is left
+        raise
+
+
+def _write_task(row: dict, out: str, cfg: RecaptionConfig, fingerprint: str) -> dict:
+    layout = OutputLayout(out)
     samples = pickle.loads(row["samples"])
     outcomes = {o.key: o for o in pickle.loads(row["outcomes"])}
     task_id = row["task_id"]
     clear_task(layout, task_id)
-    rows, drops = [], Counter()
+    rows = []
     results = defaultdict(Counter)  # input shard -> captioned / failed
     with contextlib.ExitStack() as stack:
-        kept_writer = stack.enter_context(
-            TaskShardWriter(layout.shards, task_id, limits.max_clips, limits.max_bytes)
-        )
-        dropped_writer = None
-        if limits.keep_dropped:
-            dropped_writer = stack.enter_context(
-                TaskShardWriter(layout.dropped, task_id, limits.max_clips, limits.max_bytes)
-            )
+        writers = _Writers(stack, layout, task_id, cfg)
         for i, (uri, sample) in enumerate(samples):
             outcome = outcomes.get(str(i))
-            members, record, kept = recaption_sample(sample, outcome, cfg.captioning.on_failure)
             if outcome is not None:
                 results[uri]["captioned" if outcome.caption is not None else "failed"] += 1
-            key = sample["__key__"]
-            target = kept_writer if kept else dropped_writer
-            record["shard"] = None
-            if target is not None:
-                json_name = member(members, "json") or "json"
-                members[json_name] = b""  # holds the json's place in the member order until it is made
-                # the record names its own shard, so the part is chosen before the json is made
-                record["shard"] = target.place(sum(len(v) for v in members.values()))
-                members[json_name] = json.dumps(record, sort_keys=True).encode()
-                target.write(key, members)
-            if not kept:
-                drops[record.get("drop_reason") or "dropped"] += 1
-            rows.append(
-                flatten_record(record)
-                | {"clip_id": record.get("clip_id", key), "key": key, "input_shard": uri}
-            )
+            try:
+                rows.append(_sample_row(uri, sample, outcome, writers, cfg.captioning.on_failure))
+            except Exception as exc:  # noqa: BLE001 (one sample's bug is that sample's row)
+                raise_if_transient(exc)
+                fields = internal_error_row(exc, "recaption.write")
+                rows.append(_rejected_row(_sample_ids(sample, uri), fields))
     shard_rows = pickle.loads(row["shards"])
     for info in shard_rows:
         info["captioned"], info["failed"] = results[info["uri"]]["captioned"], results[info["uri"]]["failed"]
@@ -180,34 +344,48 @@ def _write_row(row: dict, out: str, cfg: RecaptionConfig, fingerprint: str) -> d
         (layout.clips_manifest, rows, RECAPTION_SCHEMA),
     ):
         storage.write_bytes(layout.manifest_part(directory, task_id), parquet_bytes(table_rows, schema))
-    stats = pickle.loads(row["caption_stats"])
-    summary = {
-        "task_id": task_id,
-        "shards_in": len(shard_rows),
-        "shard_errors": sum(r["status"] != "ok" for r in shard_rows),
-        "samples": sum(r.get("samples") or 0 for r in shard_rows),
-        "selected": len(samples),
-        "captioned": stats["captioned"],
-        "caption_failed": sum(stats["failed"].values()),
-        "kept": sum(r["kept"] for r in rows),
-        "drop_reasons": dict(drops),
-        "shards": kept_writer.written,
-        "captioning": stats,
-    }
+    summary = _summary(task_id, shard_rows, rows, len(samples), pickle.loads(row["caption_stats"]))
+    summary["shards"] = writers.kept.written
     storage.write_bytes(
         layout.marker(task_id), json.dumps({**summary, "run_fingerprint": fingerprint}).encode()
     )
     return {"task_id": task_id, "summary": json.dumps(summary)}
 
 
+def _summary(task_id: int, shard_rows: list[dict], rows: list[dict], selected: int, stats: dict) -> dict:
+    """A task's counts, for its marker and run.json."""
+    codes = Counter(r["error_code"] for r in rows if r.get("error_code"))
+    return {
+        "task_id": task_id,
+        "shards_in": len(shard_rows),
+        "shard_errors": sum(r["status"] != "ok" for r in shard_rows),
+        "samples": sum(r.get("samples") or 0 for r in shard_rows),
+        "selected": selected,
+        "captioned": stats["captioned"],
+        "caption_failed": sum(stats["failed"].values()),
+        "kept": sum(bool(r["kept"]) for r in rows),
+        "drop_reasons": dict(Counter(r.get("drop_reason") or "dropped" for r in rows if not r["kept"])),
+        "sample_errors": dict(codes),
+        "invalid_records": sum(bool(r.get("invalid_record")) for r in rows),
+        "internal_errors": codes[INTERNAL_ERROR]
+        + sum(r.get("error_code") == INTERNAL_ERROR for r in shard_rows),
+        "captioning": stats,
+    }
+
+
 def aggregate(summaries: list[dict]) -> dict:
     """Totals over task summaries (from markers, so a resumed run counts every task)."""
-    drops = Counter()
+    drops, codes = Counter(), Counter()
     for s in summaries:
         drops.update(s["drop_reasons"])
+        codes.update(s.get("sample_errors", {}))
     keys = ("shards_in", "shard_errors", "samples", "selected", "captioned", "caption_failed", "kept")
     total = {k: sum(s[k] for s in summaries) for k in keys}
     total["drop_reasons"] = dict(sorted(drops.items()))
+    total["sample_errors"] = dict(sorted(codes.items()))
+    # markers written before these counts existed have none
+    total["invalid_records"] = sum(s.get("invalid_records", 0) for s in summaries)
+    total["internal_errors"] = sum(s.get("internal_errors", 0) for s in summaries)
     total["shards"] = sum(len(s["shards"]) for s in summaries)
     return total
 
@@ -251,8 +429,8 @@ def run_recaption(
         "selection": selection,
     }
     prepare_output(layout, spec, overwrite)
-    quotas = plan_quotas(uris, limit, fraction, seed)
-    tasks = [t for t in tasks if any(quotas[u] != 0 for u in t.uris)]
+    quotas, damaged = plan_quotas(uris, limit, fraction, seed, cfg.io.allow_compressed)
+    tasks = [t for t in tasks if any(quotas[u] != 0 or u in damaged for u in t.uris)]
     done = {tid for tid, m in layout.completed_markers().items() if m.get("run_fingerprint") == fingerprint}
     pending = [t for t in tasks if t.task_id not in done]
     log(
@@ -262,21 +440,19 @@ def run_recaption(
     fresh: list[dict] = []
     with ray_session(num_cpus) as ray_info:
         if pending:
-            ds = ray.data.from_items(
-                [{"task": pickle.dumps(t)} for t in pending], override_num_blocks=len(pending)
-            )
-            ds = ds.map(
-                functools.partial(_read_row, cfg=cfg, quotas=quotas, fraction=fraction, seed=seed),
-                num_cpus=cfg.read_cpus,
-            )
             fitted = fit_actor_cpus(
                 {"captioning": (cfg.captioning.cpus, cfg.captioning.actors)}, cfg.read_cpus, ray_info, log
             )
-            ds = add_caption_actors(ds, dataclasses.replace(cfg.captioning, cpus=fitted["captioning"]))
-            ds = ds.map(
-                functools.partial(_write_row, out=output, cfg=cfg, fingerprint=fingerprint),
-                num_cpus=cfg.write_cpus,
+            ds = ray.data.from_items(
+                [{"task": pickle.dumps(t)} for t in pending], override_num_blocks=len(pending)
             )
+            read = functools.partial(_read_row, cfg=cfg, quotas=quotas, fraction=fraction, seed=seed)
+            write = functools.partial(_write_row, out=output, cfg=cfg, fingerprint=fingerprint)
+            captioning = dataclasses.replace(cfg.captioning, cpus=fitted["captioning"])
+            with retry_args_accepted():  # every stage retried on a TransientError or a dead worker
+                ds = ds.map(read, num_cpus=cfg.read_cpus, **task_retry_args(MAX_RETRIES))
+                ds = add_caption_actors(ds, captioning, actor_retry_args(MAX_RETRIES))
+                ds = ds.map(write, num_cpus=cfg.write_cpus, **task_retry_args(MAX_RETRIES))
             fresh = [json.loads(row["summary"]) for row in ds.iter_rows()]
     wall = time.perf_counter() - started
     markers = layout.completed_markers()
@@ -306,7 +482,8 @@ def run_recaption(
     log(
         f"reelmill recaption: {counts['shards_in']} shards ({counts['shard_errors']} unreadable), "
         f"{counts['selected']} of {counts['samples']} samples selected, {counts['captioned']} captioned, "
-        f"{counts['caption_failed']} failed, {counts['kept']} written in {counts['shards']} shards, {wall:.1f}s "
+        f"{counts['caption_failed']} failed, {counts['kept']} written in {counts['shards']} shards, "
+        f"{counts['invalid_records']} with invalid records, {counts['internal_errors']} internal errors, {wall:.1f}s "
         f"-> {output}" + (f" [models: {models}]" if models else "")
     )
     report_after_job(output, cfg.report, log)
