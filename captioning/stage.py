@@ -27,6 +27,8 @@ class CaptionPrep:
             except InputRejected as rejected:
                 failed.append(undecodable(key, rejected.reason))
             except Exception as exc:  # a bug of ours on this clip: its row says so, the others go on
+                if is_transient(exc):  # a timeout or a killed ffmpeg: the task is tried again
+                    raise
                 failed.append(internal_error_outcome(key, exc, "caption frames"))
         return prepared, failed
 

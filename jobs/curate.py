@@ -42,6 +42,7 @@ from curation.splitter import ClipSplitter, TaskResult
 from curation.writer import TaskWriter, apply_filters, clear_task, parquet_bytes
 from jobs.captioning_stage import add_caption_actors, caption_report, check_captioning, prep_columns
 from jobs.job_configs import NOT_IN_FINGERPRINT, CurateJobConfig
+from jobs.outcomes import error_summary, failure_note, finished, lost_tasks
 from jobs.ray_runtime import (
     actor_retry_args,
     fit_actor_cpus,
@@ -356,35 +357,6 @@ def record_lost_task(layout: OutputLayout, task: Task, why: str) -> dict:
     }  # fmt: skip
 
 
-def failure_note(counts: dict) -> str:
-    """What a summary line adds when items failed for reasons other than their content."""
-    notes = [
-        f"{counts[key]} {what}"
-        for key, what in (
-            ("internal_errors", "internal errors (a bug: see the manifests' traceback/errors)"),
-            ("transient_exhausted", "items to retry (transient failures: run the same command again)"),
-        )
-        if counts.get(key)
-    ]
-    return f"; {'; '.join(notes)}" if notes else ""
-
-
-def error_summary(items: int, in_error: int, counts: dict) -> dict:
-    """run.json's `errors` section, the same in every job: what `--max-error-fraction` is checked against."""
-    return {
-        "items": items,
-        "in_error": in_error,
-        "fraction": in_error / items if items else 0.0,
-        "internal_errors": counts.get("internal_errors", 0),
-        "transient_exhausted": counts.get("transient_exhausted", 0),
-    }
-
-
-def finished(marker: dict, fingerprint: str) -> bool:
-    """Whether a task's marker lets a rerun skip it: made under this config, with nothing left to retry."""
-    return marker.get("run_fingerprint") == fingerprint and not marker.get("transient_exhausted")
-
-
 def summary_line(counts: dict, wall_s: float, out: str, models: str | None = None) -> str:
     line = (
         f"reelmill curate: {counts['videos']} videos ({counts['videos_ok']} ok, "
@@ -457,8 +429,7 @@ def run_curate(
         t.task_id: record_lost_task(
             layout, t, failed.get(t.task_id, f"the task failed {cfg.resources.task_retries + 1} times")
         )
-        for t in pending
-        if t.task_id not in returned
+        for t in lost_tasks(pending, returned)
     }
     wall = time.perf_counter() - started
 

@@ -59,14 +59,19 @@ from curation.shards import (
 from curation.writer import clear_task, parquet_bytes
 from jobs.curate import prepare_output
 from jobs.job_configs import EncodeConfig
+from jobs.outcomes import error_summary, failure_note, finished, lost_tasks
 from jobs.ray_runtime import (
     actor_retry_args,
     fit_actor_cpus,
+    keep_going_on_failed_tasks,
     ray_session,
     retry_args_accepted,
     task_retry_args,
 )
 from jobs.run_info import versions
+
+NOT_ERRORS = ("too_short", "no_caption", "no_video")
+"""Skip reasons that are a selection (the clip does not fit the encoding), not an error in the input."""
 
 SAMPLE_SCHEMA = pa.schema(
     [
@@ -388,12 +393,13 @@ def run_encode(
         "num_inputs": len(uris),
     }
     prepare_output(layout, spec, overwrite)
-    done = {tid for tid, m in layout.completed_markers().items() if m.get("run_fingerprint") == fingerprint}
+    done = {tid for tid, m in layout.completed_markers().items() if finished(m, fingerprint)}
     pending = [t for t in tasks if t.task_id not in done]
     log(
         f"reelmill encode: {len(uris)} shards in {len(tasks)} tasks; {len(done)} done already, "
         f"{len(pending)} to run"
     )
+    keep_going_on_failed_tasks()
     for task in pending:
         clear_task(layout, task.task_id)
     # an unfinished task's manifest parts (one per chunk), found with one listing for all of them
@@ -452,6 +458,7 @@ def run_encode(
                         f"skipped {summary['skipped'] or 'none'} ({len(fresh)}/{len(pending)})"
                     )
     wall = time.perf_counter() - started
+    lost = lost_tasks(pending, set(fresh))
     markers = layout.completed_markers()
     total: dict = {}
     for t in tasks:
@@ -463,7 +470,9 @@ def run_encode(
         "shards": len(total.get("shards", [])),
         "internal_errors": total.get("internal_errors", 0),
         "invalid_records": total.get("invalid_records", 0),
+        "transient_exhausted": sum(len(t.uris) for t in lost),
     }
+    skipped_for_errors = sum(n for reason, n in counts["skipped"].items() if reason not in NOT_ERRORS)
     run = {
         "job": "encode",
         "command": sys.argv,
@@ -475,8 +484,13 @@ def run_encode(
         "config_fingerprint": fingerprint,
         "versions": versions(("torch", "diffusers", "transformers")),
         "ray": ray_info,
-        "tasks": {"total": len(tasks), "run_now": len(fresh), "skipped_done": len(done)},
+        "tasks": {"total": len(tasks), "run_now": len(fresh), "skipped_done": len(done), "failed": len(lost)},
         "counts": counts,
+        "errors": error_summary(
+            counts["written"] + sum(counts["skipped"].values()) + counts["transient_exhausted"],
+            skipped_for_errors + counts["transient_exhausted"],
+            counts,
+        ),
         "latent": {"channels": latent_channels, "text_dim": text_dim},
         "timings": {"wall_s": wall, "clips_per_s": sum(s["written"] for s in fresh.values()) / wall},
         "models": models or "pretrained",
@@ -485,7 +499,6 @@ def run_encode(
     log(
         f"reelmill encode: {counts['written']} samples written in {counts['shards']} shards, skipped "
         f"{counts['skipped'] or 'none'}, {counts['invalid_records']} with invalid records, "
-        f"{counts['internal_errors']} internal errors, {wall:.1f}s -> {output}"
-        + (f" [models: {models}]" if models else "")
+        f"{wall:.1f}s -> {output}" + failure_note(counts) + (f" [models: {models}]" if models else "")
     )
     return run

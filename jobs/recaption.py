@@ -61,9 +61,11 @@ from curation.writer import clear_task, parquet_bytes
 from jobs.captioning_stage import add_caption_actors, caption_report, check_captioning
 from jobs.curate import prepare_output
 from jobs.job_configs import NOT_IN_FINGERPRINT, RecaptionConfig
+from jobs.outcomes import error_summary, failure_note, finished, lost_tasks
 from jobs.ray_runtime import (
     actor_retry_args,
     fit_actor_cpus,
+    keep_going_on_failed_tasks,
     ray_session,
     retry_args_accepted,
     task_retry_args,
@@ -431,12 +433,13 @@ def run_recaption(
     prepare_output(layout, spec, overwrite)
     quotas, damaged = plan_quotas(uris, limit, fraction, seed, cfg.io.allow_compressed)
     tasks = [t for t in tasks if any(quotas[u] != 0 or u in damaged for u in t.uris)]
-    done = {tid for tid, m in layout.completed_markers().items() if m.get("run_fingerprint") == fingerprint}
+    done = {tid for tid, m in layout.completed_markers().items() if finished(m, fingerprint)}
     pending = [t for t in tasks if t.task_id not in done]
     log(
         f"reelmill recaption: {len(uris)} shards in {len(tasks)} tasks; {len(done)} done already, "
         f"{len(pending)} to run"
     )
+    keep_going_on_failed_tasks()
     fresh: list[dict] = []
     with ray_session(num_cpus) as ray_info:
         if pending:
@@ -455,9 +458,11 @@ def run_recaption(
                 ds = ds.map(write, num_cpus=cfg.write_cpus, **task_retry_args(MAX_RETRIES))
             fresh = [json.loads(row["summary"]) for row in ds.iter_rows()]
     wall = time.perf_counter() - started
+    lost = lost_tasks(pending, {s["task_id"] for s in fresh})
     markers = layout.completed_markers()
     summaries = [markers[t.task_id] for t in tasks if t.task_id in markers]
     counts = aggregate(summaries)
+    counts["transient_exhausted"] = sum(len(t.uris) for t in lost)
     run = {
         "job": "recaption",
         "command": sys.argv,
@@ -470,8 +475,13 @@ def run_recaption(
         "selection": selection,
         "versions": versions(),
         "ray": ray_info,
-        "tasks": {"total": len(tasks), "run_now": len(fresh), "skipped_done": len(done)},
+        "tasks": {"total": len(tasks), "run_now": len(fresh), "skipped_done": len(done), "failed": len(lost)},
         "counts": counts,
+        "errors": error_summary(
+            counts["shards_in"] + counts["transient_exhausted"],
+            counts["shard_errors"] + counts["transient_exhausted"],
+            counts,
+        ),
         "captioning": caption_report(
             cfg.captioning, [s["captioning"] for s in summaries], [s["captioning"] for s in fresh], wall
         ),
@@ -483,8 +493,9 @@ def run_recaption(
         f"reelmill recaption: {counts['shards_in']} shards ({counts['shard_errors']} unreadable), "
         f"{counts['selected']} of {counts['samples']} samples selected, {counts['captioned']} captioned, "
         f"{counts['caption_failed']} failed, {counts['kept']} written in {counts['shards']} shards, "
-        f"{counts['invalid_records']} with invalid records, {counts['internal_errors']} internal errors, {wall:.1f}s "
-        f"-> {output}" + (f" [models: {models}]" if models else "")
+        f"{counts['invalid_records']} with invalid records, {wall:.1f}s -> {output}"
+        + failure_note(counts)
+        + (f" [models: {models}]" if models else "")
     )
     report_after_job(output, cfg.report, log)
     return run

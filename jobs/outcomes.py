@@ -1,0 +1,42 @@
+"""What a job's run.json and summary line say about items that failed, the same in every job.
+
+`errors` (items, in error, their share, internal errors, items to retry) is what `--max-error-fraction`
+is checked against; a task's marker with items to retry does not let a rerun skip the task.
+"""
+
+from __future__ import annotations
+
+
+def failure_note(counts: dict) -> str:
+    """What a summary line adds when items failed for reasons other than their content."""
+    notes = [
+        f"{counts[key]} {what}"
+        for key, what in (
+            ("internal_errors", "internal errors (a bug: see the manifests' traceback/errors)"),
+            ("transient_exhausted", "items to retry (transient failures: run the same command again)"),
+        )
+        if counts.get(key)
+    ]
+    return f"; {'; '.join(notes)}" if notes else ""
+
+
+def error_summary(items: int, in_error: int, counts: dict) -> dict:
+    """run.json's `errors` section, the same in every job: what `--max-error-fraction` is checked against."""
+    return {
+        "items": items,
+        "in_error": in_error,
+        "fraction": in_error / items if items else 0.0,
+        "internal_errors": counts.get("internal_errors", 0),
+        "transient_exhausted": counts.get("transient_exhausted", 0),
+    }
+
+
+def finished(marker: dict, fingerprint: str) -> bool:
+    """Whether a task's marker lets a rerun skip it: made under this config, with nothing left to retry."""
+    return marker.get("run_fingerprint") == fingerprint and not marker.get("transient_exhausted")
+
+
+def lost_tasks(pending: list, returned: set[int]) -> list:
+    """The pending tasks that came back from the pipeline with nothing (their retries spent): they keep
+    no marker, so a rerun runs them again."""
+    return [t for t in pending if t.task_id not in returned]
