@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -78,7 +79,10 @@ def read_manifest(uri: str) -> list[str]:
             )
     else:
         source = storage.open_input_file(uri)
-        table = pacsv.read_csv(source) if suffix == ".csv" else pq.read_table(source)
+        try:
+            table = pacsv.read_csv(source) if suffix == ".csv" else pq.read_table(source)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:  # not a CSV / Parquet file at all
+            raise InputError(f"{uri}: manifest cannot be read: {exc}") from None
         if "uri" not in table.column_names:
             raise InputError(
                 f"{uri}: manifest has no 'uri' column (columns: {', '.join(table.column_names)})"
