@@ -79,3 +79,22 @@ def test_a_job_refuses_input_shards_inside_its_own_output(tmp_path):
     ]
     with pytest.raises(InputError, match="lies inside --output"):
         expand_input_shards([str(tmp_path / "out")], str(tmp_path / "out"))
+
+
+def test_bad_jsonl_lines_are_left_out_and_an_unreadable_manifest_is_an_error(tree, capsys):
+    good = tree / "a.mp4"
+    manifest = tree / "list.jsonl"
+    manifest.write_text(f'{{"uri": "{good}"}}\nnot json\n{{"path": "x.mp4"}}\n[1, 2]\n')
+    assert expand_inputs([str(manifest)], VIDEO_EXTENSIONS) == [str(good)]
+    assert "3 line(s) without a 'uri' left out (first: line 2)" in capsys.readouterr().err
+    broken = tree / "list.parquet"
+    broken.write_bytes(b"this is no parquet file")
+    with pytest.raises(InputError, match="list.parquet: manifest cannot be read"):
+        expand_inputs([str(broken)], VIDEO_EXTENSIONS)
+
+
+def test_a_glob_match_named_like_a_command_comes_back_as_an_absolute_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pipe:touch pwned.tar").write_bytes(b"")
+    assert expand_input_shards(["*.tar"], str(tmp_path / "out")) == [str(tmp_path / "pipe:touch pwned.tar")]
+    assert expand_input_shards(["pipe:cat x.tar"], str(tmp_path / "out")) == ["pipe:cat x.tar"]
