@@ -288,3 +288,25 @@ def test_compare_lists_both_runs_and_the_most_different_captions(curated, other_
     assert margin["this"] is not None and margin["other"] is not None
     page = render_page(out / "report" / "index.html", tmp_path / "page.png", 1366, 3000)
     assert page.ok and page.sections == [*SECTIONS, "compare"]
+
+
+def test_the_cards_tar_line_is_shell_quoted_for_any_key():
+    import html
+    import shlex
+
+    from captioning.report.page import _clip_card
+
+    key = "k'; touch pwned; echo '"
+    clip = {
+        "key": key, "shard": "shard $(id).tar", "duration_s": 2.0, "words": 3, "scores": {},
+        "caption": {"summary": "s", "segments": []}, "sheet": None,
+    }  # fmt: skip
+    line = html.unescape(_clip_card(clip).split("pull it: <code>")[1].split("</code>")[0])
+    assert shlex.split(line) == [
+        "tar",
+        "-xf",
+        "shards/shard $(id).tar",
+        f"{key}.mp4",
+        f"{key}.json",
+        f"{key}.txt",
+    ]
