@@ -186,6 +186,21 @@ def ray_local():
     ray.shutdown()
 
 
+def tar_bytes(samples: list[tuple[str, dict[str, bytes]]]) -> bytes:
+    """A webdataset shard of `samples` (`KEY.EXT` members, USTAR as most writers make them), in memory."""
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for key, members in samples:
+            for ext, data in members.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
 def shard_samples(layout) -> dict[str, dict]:
     """Every sample in a run's shards (an `OutputLayout`), read with webdataset, by key."""
     import webdataset as wds

@@ -6,7 +6,6 @@ import io
 import json
 import math
 import random
-import tarfile
 from pathlib import Path
 
 import lightning as L
@@ -16,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from captioning.parsing import ParsedCaption, Segment, format_training_caption
+from conftest import tar_bytes
 from curation import ffmpeg_tools
 from curation.inputs import expand_shards
 from curation.shards import read_samples
@@ -78,14 +78,7 @@ def frame_indices(video: torch.Tensor) -> list[int]:
 
 def write_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]], cut_at: int | None = None) -> str:
     """A webdataset shard of `samples` (KEY.EXT members); `cut_at` truncates the file to that many bytes."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for key, members in samples:
-            for ext, data in members.items():
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    data = buffer.getvalue()
+    data = tar_bytes(samples)
     path.write_bytes(data[:cut_at] if cut_at else data)
     return str(path)
 

@@ -22,6 +22,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import tar_bytes
 from jobs import cli
 from jobs import train as train_job
 from jobs.sample import load_checkpoint
@@ -68,17 +69,6 @@ def good_members(seed: int, record: object = None) -> dict[str, bytes]:
         "json": record if isinstance(record, bytes) else json.dumps(record).encode(),
         "txt": f"dense caption {seed}".encode(),
     }
-
-
-def tar_bytes(samples: list[tuple[str, dict[str, bytes]]]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for key, members in samples:
-            for ext, data in members.items():
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 def hostile_samples() -> tuple[list[tuple[str, dict[str, bytes]]], set[str], dict[str, int]]:
