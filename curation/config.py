@@ -2,7 +2,8 @@
 
 Every job's config is a tree of dataclasses. Loading checks every key and value against the
 dataclass types, so a typo or a wrong type is an error that names the key, never a silently
-ignored setting. Presets live in `configs/<job>/NAME.yaml`; `--config` also takes a path.
+ignored setting. Presets live in `configs/<job>/NAME.yaml` (installed as the package `reelmill_configs`,
+so they are found from any working directory and from a wheel); `--config` also takes a path.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import importlib.resources
 import json
+import os
 import types
 import typing
 from pathlib import Path
@@ -20,7 +23,8 @@ import yaml
 
 T = TypeVar("T")
 
-CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_ROOT = Path(os.fspath(importlib.resources.files("reelmill_configs")))
+"""configs/ in the source tree; a wheel installs its files on disk, so this is a plain directory."""
 
 
 class ConfigError(ValueError):

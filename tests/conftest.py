@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import sysconfig
 from pathlib import Path
 
 import ffmpeg
@@ -11,6 +14,8 @@ import ray
 
 from curation import ffmpeg_tools, synthetic
 from curation.synthetic import Shot, VideoSpec, shot_list
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # Tests never reach the model hub: every model is built here and loaded from a directory.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -284,3 +289,38 @@ def probe_video(path: Path) -> dict:
         [ffmpeg_tools.FFPROBE, "-v", "error", "-count_frames", "-show_streams", "-of", "json", str(path)], 60
     )
     return json.loads(out)["streams"][0]
+
+
+@pytest.fixture(scope="session")
+def wheel_install(tmp_path_factory) -> Path:
+    """reelmill built as a wheel and installed into a fresh virtualenv; returns the venv's bin/ directory.
+
+    The wheel is what a cluster image or a `runtime_env` pip install gets, so commands run from there (in a
+    working directory with no checkout) prove the package is whole: no source tree, no editable install.
+    Its dependencies are this environment's, seen through a path entry (a plain `.pth` line, so this
+    environment's editable reelmill stays invisible there), which saves installing gigabytes again.
+    """
+    import shutil
+
+    root = tmp_path_factory.mktemp("wheel")
+    # built from a copy: setuptools' build/ in the checkout could hold modules deleted since
+    source = shutil.copytree(ROOT, root / "src", ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "*_out", ".*_cache", "runs"))
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", root / "dist", source],
+        check=True, cwd=root, capture_output=True,
+    )  # fmt: skip
+    (wheel,) = (root / "dist").glob("reelmill-*.whl")
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+    site = subprocess.run(
+        [venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    Path(site, "reelmill_test_deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install", "-q", "--no-deps", "--force-reinstall",
+         "--no-index", wheel],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return venv / "bin"
