@@ -17,6 +17,7 @@ import numpy as np
 
 from captioning.caption_config import VLMConfig
 from captioning.video_frames import VideoWindow
+from curation.hub import hub_reachable, probe_failure
 
 
 class ModelLoadError(RuntimeError):
@@ -57,17 +58,23 @@ def check_model_available(cfg: VLMConfig) -> None:
     """Fail fast, before a run starts, when the model's config cannot be found or fetched."""
     from transformers import AutoConfig
 
+    local = cfg.local_files_only or os.path.isdir(cfg.model)
     try:
         AutoConfig.from_pretrained(cfg.model, revision=cfg.revision, local_files_only=_offline(cfg))
     except (OSError, ValueError) as exc:
+        why = str(exc).splitlines()[0]
+        if not local and not hub_reachable():
+            why = f"not in the Hugging Face cache; {probe_failure() or 'offline mode (HF_HUB_OFFLINE)'}"
         raise ModelLoadError(
-            f"captioning.vlm.model: cannot load {cfg.model!r} ({str(exc).splitlines()[0]}); set it to a "
+            f"captioning.vlm.model: cannot load {cfg.model!r} ({why}); set it to a "
             "local model directory or a reachable hub id, or pass --set captioning.enabled=false"
         ) from None
 
 
 def _offline(cfg: VLMConfig) -> bool:
-    return cfg.local_files_only or os.path.isdir(cfg.model)
+    """Whether the model is read from disk only; asks the hub first (once per process) for a hub id, so
+    that an unreachable hub means a look-up in the cache, not a minute of retries."""
+    return cfg.local_files_only or os.path.isdir(cfg.model) or not hub_reachable()
 
 
 class VLMBackend:
@@ -90,6 +97,7 @@ class VLMBackend:
         except (OSError, ValueError) as exc:  # ValueError: a directory that holds no model or processor
             raise ModelLoadError(f"captioning.vlm.model: cannot load {cfg.model!r}: {exc}") from None
         self.model.to(self.device).eval()
+        _choose_pixel_cap(self.processor)
         self.processor.tokenizer.padding_side = "left"  # generation continues every row at the right edge
         self.eos_ids = _eos_ids(self.model, self.processor)
         self.pad_id = self.processor.tokenizer.pad_token_id
@@ -160,6 +168,15 @@ class VLMBackend:
     def _count(self, row: np.ndarray) -> int:
         ends = np.flatnonzero(np.isin(row, self.eos_ids))
         return int(ends[0]) + 1 if len(ends) else len(row)
+
+
+def _choose_pixel_cap(processor) -> None:
+    """Qwen's video processors (transformers 5) bound a video's total pixels the reference way
+    (qwen-vl-utils) only when asked, and warn in every process (the driver, each actor) until the choice
+    is made. We take the reference behaviour: what Qwen's own preprocessing does, and v5.22's default."""
+    video_processor = getattr(processor, "video_processor", None)
+    if video_processor is not None and getattr(video_processor, "cap_pixels_per_frame", False) is None:
+        video_processor.cap_pixels_per_frame = True
 
 
 def _stacks_videos(processor) -> bool:

@@ -8,6 +8,7 @@ import sys
 from curation import config as config_lib
 from curation.inputs import InputError
 from jobs.job_configs import CurateJobConfig, EncodeConfig, RecaptionConfig
+from jobs.logs import configure_logging
 
 
 def _add_curate(sub) -> None:
@@ -21,9 +22,23 @@ def _add_curate(sub) -> None:
     p.add_argument(
         "--keep-dropped", action="store_true", help="also write filtered-out clips to OUT/dropped/"
     )
-    p.add_argument("--num-cpus", type=int, help="CPUs for the embedded local Ray (default: all)")
+    _add_ray(p)
     _add_subset(p, "input videos")
     _add_error_limit(p)
+
+
+def _add_ray(p) -> None:
+    p.add_argument("--num-cpus", type=int, help="CPUs for the embedded local Ray (default: all)")
+    p.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="serve the embedded Ray's dashboard on 127.0.0.1 (local runs)",
+    )
+    p.add_argument(
+        "--runtime-env",
+        metavar="JSON_OR_FILE",
+        help="a Ray runtime_env (inline JSON or a JSON/YAML file) for the job's workers: env_vars, pip, ...",
+    )
 
 
 def _add_error_limit(p) -> None:
@@ -53,7 +68,7 @@ def _add_recaption(sub) -> None:
     p.add_argument("--config", default="default", help="preset name in configs/recaption/ or a YAML path")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--overwrite", action="store_true", help="discard what OUT holds and start over")
-    p.add_argument("--num-cpus", type=int, help="CPUs for the embedded local Ray (default: all)")
+    _add_ray(p)
     _add_subset(p, "samples")
     _add_error_limit(p)
 
@@ -81,7 +96,7 @@ def _add_encode(sub) -> None:
     p.add_argument("--vae", metavar="MODEL", help="shorthand for --set vae.model=MODEL (hub id or directory)")
     p.add_argument("--text-encoder", metavar="MODEL", help="shorthand for --set text_encoder.model=MODEL")
     p.add_argument("--overwrite", action="store_true", help="discard what OUT holds and start over")
-    p.add_argument("--num-cpus", type=int, help="CPUs for the embedded local Ray (default: all)")
+    _add_ray(p)
     _add_error_limit(p)
 
 
@@ -115,10 +130,11 @@ def _add_sample(sub) -> None:
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="make sample videos and run the whole pipeline on them")
     p.add_argument("--output", "-o", default="demo_out")
-    p.add_argument("--num-cpus", type=int)
+    _add_ray(p)
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_logging()  # once, before any library logs: every line prints once
     parser = argparse.ArgumentParser(prog="reelmill", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_curate(sub)
@@ -146,6 +162,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     run = None
     try:
+        if hasattr(args, "dashboard"):
+            from jobs import ray_runtime
+
+            ray_runtime.OPTIONS.dashboard = args.dashboard
+            if args.runtime_env:
+                ray_runtime.OPTIONS.runtime_env = ray_runtime.load_runtime_env(args.runtime_env)
         if args.command == "curate":
             from jobs.curate import run_curate
 

@@ -4,8 +4,11 @@ for a few steps on the CPU, and sample a prompt to an mp4."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import warnings
+from collections.abc import Iterator
 
 from curation import config as config_lib
 from curation import storage, synthetic
@@ -67,12 +70,27 @@ def use_stand_in_vlm_if_missing(cfg: CurateJobConfig, directory: str) -> str | N
         "reelmill demo: its captions describe nothing; every output is marked models: random-weights"
     )
     if not os.path.isfile(os.path.join(path, "model.safetensors")):
-        build_tiny_qwen2_vl(path)
-        fit_answer(path)
+        with _no_transformers_bars():
+            build_tiny_qwen2_vl(path)
+            fit_answer(path)
     captioning.vlm.model, captioning.vlm.device = path, "cpu"
     captioning.vlm.max_new_tokens = 96
     captioning.frames.max_pixels = 112 * 112
     return "random-weights"
+
+
+@contextlib.contextmanager
+def _no_transformers_bars() -> Iterator[None]:
+    """Without transformers' "Writing model shards" bars: a stand-in's files are a detail of the demo."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def use_stand_in_encoders_if_missing(cfg: EncodeConfig, directory: str) -> str | None:
@@ -98,7 +116,8 @@ def use_stand_in_encoders_if_missing(cfg: EncodeConfig, directory: str) -> str |
         "reelmill demo: their latents and embeddings mean nothing; every output is marked models: random-weights"
     )
     if not os.path.isdir(os.path.join(path, "vae")):
-        build_tiny_wan_t2v(path)
+        with _no_transformers_bars():
+            build_tiny_wan_t2v(path)
     cfg.vae = type(cfg.vae)(model=path)
     cfg.text_encoder = type(cfg.text_encoder)(model=path)
     return "random-weights"
@@ -126,7 +145,11 @@ def train_and_sample(latents: str, output: str, cfg: EncodeConfig, models: str |
     print(f"\nreelmill demo: training the tiny DiT for {DEMO_TRAIN_STEPS} steps on {shards}")
     train_main([*args, "--trainer.max_steps", str(DEMO_TRAIN_STEPS // 2)])
     print("reelmill demo: resuming from the last checkpoint (--ckpt_path last)")
-    train_main([*args, "--trainer.max_steps", str(DEMO_TRAIN_STEPS), "--ckpt_path", "last"])
+    resume = ["--trainer.max_steps", str(DEMO_TRAIN_STEPS), "--ckpt_path", "last"]
+    with warnings.catch_warnings():  # resuming writes on into the run's own checkpoint directory
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        # the same model as above: its summary table once is enough
+        train_main([*args, *resume, "--trainer.enable_model_summary", "false"])
     ckpt = os.path.join(run_dir, "checkpoints", "last.ckpt")
     prompt = (held_out_captions(shards, 1) or ["a red ball rolls across a table"])[0]
     video = os.path.join(output, "sample.mp4")

@@ -60,10 +60,13 @@ from curation.writer import clear_task, parquet_bytes
 from jobs.curate import prepare_output
 from jobs.job_configs import EncodeConfig
 from jobs.outcomes import error_summary, failure_note, finished, lost_tasks
+from jobs.progress import TaskProgress, tally
 from jobs.ray_runtime import (
     actor_retry_args,
     fit_actor_cpus,
     keep_going_on_failed_tasks,
+    native_notices_hidden,
+    quiet_ray_data,
     ray_session,
     retry_args_accepted,
     task_retry_args,
@@ -400,6 +403,7 @@ def run_encode(
         f"{len(pending)} to run"
     )
     keep_going_on_failed_tasks()
+    quiet_ray_data()
     for task in pending:
         clear_task(layout, task.task_id)
     # an unfinished task's manifest parts (one per chunk), found with one listing for all of them
@@ -438,25 +442,30 @@ def run_encode(
                     num_cpus=cfg.write_cpus,
                     **task_retry_args(MAX_RETRIES),
                 )
+            progress = TaskProgress(
+                "encode", layout.run_json, len(tasks),
+                (tally("samples", "written", "skipped"), tally("written"), tally("skipped")),
+                done_before=len(done),
+                header={"job": "encode", "command": sys.argv, "inputs": inputs, "output": output,
+                        "started_at": started_at},
+            )  # fmt: skip
             chunks: dict[int, list] = {}
-            for row in ds.iter_rows():
-                task_id = int(row["task_id"])
-                chunks.setdefault(task_id, []).append(row)
-                rows = chunks[task_id]
-                last = next((r for r in rows if r["last"]), None)
-                if last is not None and len(rows) == int(last["chunk"]) + 1:  # every chunk of the task
-                    summary = {"task_id": task_id}
-                    for r in rows:
-                        _merge(summary, json.loads(r["summary"]))
-                    storage.write_bytes(
-                        layout.marker(task_id),
-                        json.dumps({**summary, "run_fingerprint": fingerprint}).encode(),
-                    )
-                    fresh[task_id] = summary
-                    log(
-                        f"reelmill encode: task {task_id}: {summary['written']} written, "
-                        f"skipped {summary['skipped'] or 'none'} ({len(fresh)}/{len(pending)})"
-                    )
+            with progress, native_notices_hidden():
+                for row in ds.iter_rows():  # a row per written chunk; a task is done with its last
+                    task_id = int(row["task_id"])
+                    chunks.setdefault(task_id, []).append(row)
+                    rows = chunks[task_id]
+                    last = next((r for r in rows if r["last"]), None)
+                    if last is not None and len(rows) == int(last["chunk"]) + 1:  # every chunk of the task
+                        summary = {"task_id": task_id}
+                        for r in rows:
+                            _merge(summary, json.loads(r["summary"]))
+                        storage.write_bytes(
+                            layout.marker(task_id),
+                            json.dumps({**summary, "run_fingerprint": fingerprint}).encode(),
+                        )
+                        fresh[task_id] = summary
+                        progress.task_done(summary)
     wall = time.perf_counter() - started
     lost = lost_tasks(pending, set(fresh))
     markers = layout.completed_markers()
@@ -475,6 +484,7 @@ def run_encode(
     skipped_for_errors = sum(n for reason, n in counts["skipped"].items() if reason not in NOT_ERRORS)
     run = {
         "job": "encode",
+        "state": "finished",
         "command": sys.argv,
         "inputs": inputs,
         "output": output,

@@ -62,10 +62,13 @@ from jobs.captioning_stage import add_caption_actors, caption_report, check_capt
 from jobs.curate import prepare_output
 from jobs.job_configs import NOT_IN_FINGERPRINT, RecaptionConfig
 from jobs.outcomes import error_summary, failure_note, finished, lost_tasks
+from jobs.progress import TaskProgress, tally
 from jobs.ray_runtime import (
     actor_retry_args,
     fit_actor_cpus,
     keep_going_on_failed_tasks,
+    native_notices_hidden,
+    quiet_ray_data,
     ray_session,
     retry_args_accepted,
     task_retry_args,
@@ -440,6 +443,7 @@ def run_recaption(
         f"{len(pending)} to run"
     )
     keep_going_on_failed_tasks()
+    quiet_ray_data()
     fresh: list[dict] = []
     with ray_session(num_cpus) as ray_info:
         if pending:
@@ -456,7 +460,16 @@ def run_recaption(
                 ds = ds.map(read, num_cpus=cfg.read_cpus, **task_retry_args(MAX_RETRIES))
                 ds = add_caption_actors(ds, captioning, actor_retry_args(MAX_RETRIES))
                 ds = ds.map(write, num_cpus=cfg.write_cpus, **task_retry_args(MAX_RETRIES))
-            fresh = [json.loads(row["summary"]) for row in ds.iter_rows()]
+            progress = TaskProgress(
+                "recaption", layout.run_json, len(tasks), (tally("samples", "selected"), tally("written", "kept")),
+                done_before=len(done),
+                header={"job": "recaption", "command": sys.argv, "inputs": inputs, "output": output,
+                        "started_at": started_at, "selection": selection},
+            )  # fmt: skip
+            with progress, native_notices_hidden():
+                for row in ds.iter_rows():  # a row per finished task: its summary
+                    fresh.append(json.loads(row["summary"]))
+                    progress.task_done(fresh[-1])
     wall = time.perf_counter() - started
     lost = lost_tasks(pending, {s["task_id"] for s in fresh})
     markers = layout.completed_markers()
@@ -465,6 +478,7 @@ def run_recaption(
     counts["transient_exhausted"] = sum(len(t.uris) for t in lost)
     run = {
         "job": "recaption",
+        "state": "finished",
         "command": sys.argv,
         "inputs": inputs,
         "output": output,

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from curation.config import ConfigError, check
+from curation.hub import hub_reachable, probe_failure
 
 if TYPE_CHECKING:
     import torch
@@ -176,10 +177,11 @@ def _locate(
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, HFValidationError, LocalEntryNotFoundError
 
+    hub_reachable()  # asked once per process: unreachable, look-ups read the cache instead of retrying
     try:
         hf_hub_download(model, filename, subfolder=subfolder)
     except LocalEntryNotFoundError:
-        state = "offline" if _offline() else "the hub is unreachable"
+        state = probe_failure() or ("offline" if _offline() else "the hub is unreachable")
         raise EncoderError(
             f"{key}.model",
             f"{model!r} is neither a local directory nor in the Hugging Face cache ({state}) - {fix}",
@@ -494,6 +496,8 @@ def _open_clip_config(cfg: TextEncoderConfig) -> dict:
             key,
             f"{cfg.model!r} has no open_clip_config.json - set {key} to local-dir:PATH of an open_clip model",
         )
+    if cfg.model.startswith("hf-hub:"):
+        hub_reachable()  # its config is fetched through the hub client
     try:
         conf = open_clip.get_model_config(cfg.model)
     except Exception as exc:  # hf-hub: whatever the hub client raises when it cannot fetch
@@ -594,7 +598,9 @@ def _load_transformers(cfg: TextEncoderConfig, dtype: torch.dtype):
     `*EncoderModel` class, which loads no decoder weights; anything else through AutoModel."""
     import transformers
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar per encode actor is noise in job logs
     conf = _transformers_config(cfg)
     _locate(
         cfg.model, cfg.tokenizer_subfolder, TEXT_KEY, f"{TEXT_KEY}.tokenizer_subfolder",
@@ -646,6 +652,8 @@ def _load_open_clip(cfg: TextEncoderConfig, device: torch.device):
             f"{TEXT_KEY}.pretrained",
             f"unset - set {TEXT_KEY}.pretrained to a pretrained tag or checkpoint file of {cfg.model}",
         )
+    if cfg.model.startswith("hf-hub:") or (cfg.pretrained and not os.path.isfile(cfg.pretrained)):
+        hub_reachable()  # the weights are fetched through the hub client
     try:
         model = open_clip.create_model(
             cfg.model, pretrained=cfg.pretrained or None, device=device, force_quick_gelu=quick_gelu

@@ -26,6 +26,7 @@ from torch import nn
 
 from curation.config import ConfigError
 from curation.frames import SampledFrames
+from curation.hub import hub_reachable
 from curation.scoring_config import AestheticConfig
 
 AESTHETIC_SCORES = ("aesthetic",)
@@ -118,10 +119,13 @@ def load_clip(cfg: AestheticConfig, device: torch.device) -> tuple[nn.Module, ob
         # and produce wrong embeddings (the aesthetic head was fit on OpenAI ViT-L/14 features).
         quick_gelu = bool(tag.get("quick_gelu", False))
         if tag:
+            hub_reachable()  # asked once per process: unreachable, the download reads the cache only
             try:  # found or fetched before the model is built: a missing file fails in a second, not ten
                 open_clip.pretrained.download_pretrained(tag)
             except (RuntimeError, OSError, ValueError) as exc:
                 raise _weights_missing(name, pretrained, exc) from exc
+    elif name.startswith("hf-hub:"):
+        hub_reachable()  # the model is fetched through the hub client
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
             name, pretrained=pretrained or None, device=device, force_quick_gelu=quick_gelu
