@@ -174,6 +174,7 @@ def test_train_killed_resumed_from_last_then_sample(curated_run, tiny_wan, tmp_p
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "Restored all states from the checkpoint" in resumed.stdout + resumed.stderr
+    assert "exists and is not empty" not in resumed.stderr  # resuming into its own run directory is no news
     final = torch.load(last, map_location="cpu", weights_only=False)
     assert final["global_step"] == target
     assert final["hyper_parameters"]["vae"]["model"] == tiny_wan
@@ -225,7 +226,7 @@ def test_ray_train_runs_the_same_cli_on_two_workers(latents, tiny_wan, tmp_path)
         seen = {"world": trainer.world_size, "data": list(trainer.datamodule.rank_and_world())}
         (marks / f"rank{trainer.global_rank}.json").write_text(json.dumps(seen))
 
-    TorchTrainer(
+    result = TorchTrainer(
         loop,
         scaling_config=ScalingConfig(num_workers=2, use_gpu=False),
         run_config=RunConfig(storage_path=str(tmp_path / "ray")),
@@ -235,6 +236,87 @@ def test_ray_train_runs_the_same_cli_on_two_workers(latents, tiny_wan, tmp_path)
     assert final["global_step"] == 3 and final["datamodule_hyper_parameters"]["kind"] == "latent"
     ranks = {p.name: json.loads(p.read_text()) for p in marks.iterdir()}
     assert ranks == {f"rank{r}.json": {"world": 2, "data": [r, 2]} for r in (0, 1)}
+    # Ray Train holds the run's checkpoints in storage_path, the final state last
+    assert result.checkpoint is not None and Path(result.checkpoint.path).is_relative_to(tmp_path / "ray")
+    reported = torch.load(
+        Path(result.checkpoint.path) / "checkpoint.ckpt", map_location="cpu", weights_only=True
+    )
+    assert reported["global_step"] == 3 and result.metrics["step"] == 3
+    assert sorted(Path(c.path).name for c, _ in result.best_checkpoints) == ["step-0000002", "step-0000003"]
+
+
+def test_ray_train_resumes_a_killed_worker_group_from_its_reported_checkpoint(latents, tiny_wan, tmp_path):
+    """Two Ray Train workers, rank 1 SIGKILLed on the first attempt past a reported checkpoint: with
+    FailureConfig(max_failures=1) Ray restarts the group, `ray_train_loop` resumes from the checkpoint
+    Ray hands back (`ray.train.get_checkpoint()`), not from step 0, and trains to max_steps."""
+    from lightning.pytorch import Callback
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from jobs.train import ray_train_loop
+
+    out, _ = latents
+    run_dir, encoder = tmp_path / "run", json.dumps({"model": tiny_wan})
+    callbacks = tmp_path / "checkpoints.yaml"
+    callbacks.write_text(CALLBACKS.split("    - class_path: training.sample_callback")[0])
+    args = [
+        "--config", str(ROOT / "configs/train/dit-tiny-cpu.yaml"), "--config", str(callbacks),
+        "--trainer.max_steps", "8", "--trainer.default_root_dir", str(run_dir), "--trainer.val_check_interval", "8",
+        "--model.vae", encoder, "--model.text_encoder", encoder, "--data.kind", "latent",
+        "--data.shards", str(out / "shards"), "--data.num_workers", "0",
+    ]  # fmt: skip
+    killed, starts = tmp_path / "killed", tmp_path / "starts.jsonl"
+
+    def loop(config):  # a closure, so Ray ships it (and the callback below) by value to the workers
+        import ray.train
+
+        import jobs.train
+
+        class KillRankOneOnce(Callback):
+            def on_train_start(self, trainer, pl_module):
+                restored = ray.train.get_checkpoint()
+                seen = {"rank": trainer.global_rank, "step": trainer.global_step}
+                seen["restored"] = Path(restored.path).name if restored else None
+                with starts.open("a") as f:
+                    f.write(json.dumps(seen) + "\n")
+
+            def on_train_batch_end(self, trainer, *args):
+                if trainer.global_rank == 1 and trainer.global_step == 5 and not killed.exists():
+                    time.sleep(5)  # Ray's controller polls every 2 s: it registers the step-4 report first
+                    killed.touch()
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+        def fit_with_the_killer(trainer, *args, **kwargs):
+            trainer.callbacks.append(KillRankOneOnce())
+            return safe_run(trainer, *args, **kwargs)
+
+        safe_run, jobs.train.safe_run = jobs.train.safe_run, fit_with_the_killer
+        ray_train_loop(config)
+
+    result = TorchTrainer(
+        loop,
+        scaling_config=ScalingConfig(num_workers=2, use_gpu=False),
+        run_config=RunConfig(
+            name="killed", storage_path=str(tmp_path / "ray"), failure_config=FailureConfig(max_failures=1)
+        ),
+        train_loop_config={"args": args},
+    ).fit()
+    assert killed.exists()
+    runs = [json.loads(line) for line in starts.read_text().splitlines()]
+    assert len(runs) == 4 and {r["rank"] for r in runs[:2]} == {r["rank"] for r in runs[2:]} == {0, 1}
+    first, second = runs[:2], runs[2:]
+    assert {(r["step"], r["restored"]) for r in first} == {(0, None)}
+    resumed_at = {(r["step"], r["restored"]) for r in second}
+    assert len(resumed_at) == 1
+    step, restored = resumed_at.pop()
+    assert restored == f"step-{step:07d}" and 0 < step < 8  # the reported checkpoint, not step 0
+    assert (tmp_path / "ray" / "killed" / restored / "checkpoint.ckpt").is_file()
+    assert result.checkpoint is not None and Path(result.checkpoint.path).name == "step-0000008"
+    reported = torch.load(
+        Path(result.checkpoint.path) / "checkpoint.ckpt", map_location="cpu", weights_only=True
+    )
+    final = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert reported["global_step"] == final["global_step"] == 8
 
 
 def test_train_names_a_missing_model_or_input_and_exits_2(tiny_wan, tmp_path):
@@ -251,3 +333,24 @@ def test_train_names_a_missing_model_or_input_and_exits_2(tiny_wan, tmp_path):
             capture_output=True, text=True, env=env, timeout=300,
         )  # fmt: skip
         assert done.returncode == 2 and "reelmill train: error:" in done.stderr and message in done.stderr
+
+
+def test_train_takes_a_recipe_name_for_config_from_any_directory(tmp_path):
+    """`--config dit-tiny-cpu` is the shipped recipe wherever the command runs, files still pass through
+    (a later one overrides it), an unknown name is exit status 2 naming the recipes, and nothing else is
+    printed (LightningCLI warned about its `args`, which are the command line on purpose)."""
+    override = tmp_path / "short.yaml"
+    override.write_text("trainer: {max_steps: 7}\n")
+    done = subprocess.run(
+        [REELMILL, "train", "fit", "--config", "dit-tiny-cpu", f"--config={override}", "--print_config"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "default_root_dir: runs/dit-tiny-cpu" in done.stdout and "max_steps: 7" in done.stdout
+    assert done.stderr == ""  # nothing to act on, so nothing printed (LightningCLI warned about `args`)
+    bad = subprocess.run(
+        [REELMILL, "train", "fit", "--config=no-such-recipe", "--print_config"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "reelmill train: error:" in bad.stderr
+    assert "no-such-recipe" in bad.stderr and "dit-tiny-cpu" in bad.stderr and "dit-b-gpu" in bad.stderr
