@@ -304,8 +304,13 @@ def wheel_install(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("wheel")
     # built from a copy: setuptools' build/ in the checkout could hold modules deleted since
-    source = shutil.copytree(ROOT, root / "src", ignore=shutil.ignore_patterns(
-        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "*_out", ".*_cache", "runs"))
+    source = shutil.copytree(
+        ROOT,
+        root / "src",
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "*_out", ".*_cache", "runs"
+        ),
+    )
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", root / "dist", source],
         check=True, cwd=root, capture_output=True,
