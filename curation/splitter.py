@@ -45,6 +45,14 @@ class TaskResult:
     media: dict[str, dict[str, bytes]] = field(default_factory=dict)  # clip_id -> {"mp4": .., "jpg": ..}
     samples: dict[str, SampledFrames] = field(default_factory=dict)  # clip_id -> scorer frames
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)  # clip_id -> [K, D] float16
+    stage_s: dict[str, float] = field(default_factory=dict)  # stage -> seconds on this task (run.json)
+    started_unix: float | None = None  # when its first stage began (wall clock: stages are processes)
+
+    def clock(self, stage: str, started_unix: float, seconds: float) -> None:
+        """Count `seconds` of task time to `stage` (run.json's timings)."""
+        self.stage_s[stage] = self.stage_s.get(stage, 0.0) + seconds
+        if self.started_unix is None:
+            self.started_unix = started_unix
 
 
 def _record(task_id: int, uri: str, info: VideoInfo, span: ClipSpan) -> ClipRecord:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import struct
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import ffmpeg
@@ -122,8 +124,10 @@ def _concatenated_outputs(video, audio, spans, first, seek, info, cfg, size, thu
         "format": "segment", "segment_format": "mp4", "segment_format_options": "movflags=+faststart",
         "reset_timestamps": 1,
     }  # fmt: skip
-    if len(starts) > 1:
-        options["segment_frames"] = ",".join(map(str, starts[1:]))
+    # cut at every clip's first frame and nowhere else: with no list (one clip) the muxer would cut
+    # every 2 s at any keyframe, and x264 makes one every 250 frames and at scene changes
+    total = sum(s.num_frames for s in spans)
+    options["segment_frames"] = ",".join(map(str, starts[1:] or [total]))
     if audio is not None:
         spans_s = "+".join(
             f"between(t,{(s.start_frame - SEEK_MARGIN_FRAMES) / info.fps - seek:.6f},"
@@ -243,13 +247,57 @@ def transcode_group(
             with open(os.path.join(tmp, _thumb_name(k)), "rb") as f:
                 jpg = f.read()
             fps = float(cfg.fps or info.fps)
-            frames = _frame_count(mp4_path)
+            frames = _frame_count(mp4, mp4_path)
             results.append(EncodedClip(span, mp4, jpg, size[0], size[1], fps, frames, samples=samples[k]))
         return results
 
 
-def _frame_count(path: str) -> int:
-    """Frames in an encoded clip, from its container index (no decode)."""
-    meta = ffmpeg_tools.probe_json(path, 30)
-    stream = next(s for s in meta["streams"] if s.get("codec_type") == "video")
-    return int(stream["nb_frames"])
+def _frame_count(mp4: bytes, path: str) -> int:
+    """Frames in an encoded clip, from its container index (no decode): read here from the bytes,
+    which saves an ffprobe process per clip; ffprobe where they do not parse as expected."""
+    try:
+        return mp4_frame_count(mp4)
+    except (ValueError, struct.error):
+        meta = ffmpeg_tools.probe_json(path, 30)
+        stream = next(s for s in meta["streams"] if s.get("codec_type") == "video")
+        return int(stream["nb_frames"])
+
+
+def _boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """(type, payload start, payload end) of each ISO BMFF box in `data[start:end]`."""
+    at = start
+    while at + 8 <= end:
+        size, kind = struct.unpack_from(">I4s", data, at)
+        header = 8
+        if size == 1:  # a 64-bit size follows the type
+            size, header = struct.unpack_from(">Q", data, at + 8)[0], 16
+        elif size == 0:  # to the end of the enclosing box
+            size = end - at
+        if size < header or at + size > end:
+            raise ValueError(f"malformed {kind!r} box at byte {at}")
+        yield kind, at + header, at + size
+        at += size
+
+
+def _box(data: bytes, start: int, end: int, *path: bytes) -> tuple[int, int]:
+    """Payload span of the first box down `path` (e.g. b"minf", b"stbl", b"stsz") inside `data[start:end]`."""
+    for name in path:
+        start, end = next(((a, b) for kind, a, b in _boxes(data, start, end) if kind == name), (-1, -1))
+        if start < 0:
+            raise ValueError(f"no {name!r} box")
+    return start, end
+
+
+def mp4_frame_count(mp4: bytes) -> int:
+    """Samples in the video track of an MP4 (its `stsz` box): the number of frames, as ffprobe's
+    `nb_frames` reports it."""
+    moov = _box(mp4, 0, len(mp4), b"moov")
+    for kind, start, end in _boxes(mp4, *moov):
+        if kind != b"trak":
+            continue
+        mdia = _box(mp4, start, end, b"mdia")
+        hdlr, _ = _box(mp4, *mdia, b"hdlr")  # version+flags, pre_defined, then the handler type
+        if mp4[hdlr + 8 : hdlr + 12] == b"vide":
+            stsz, _ = _box(mp4, *mdia, b"minf", b"stbl", b"stsz")  # version+flags, sample_size, count
+            return struct.unpack_from(">I", mp4, stsz + 8)[0]
+    raise ValueError("no video track")

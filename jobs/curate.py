@@ -1,10 +1,11 @@
 """`reelmill curate`: raw videos in, webdataset clip shards and manifests out, on Ray Data.
 
-The Ray Data pipeline has one row per task: a map of CPU tasks runs the split stage (probe, scene
-detection, cut and encode), then the scorers (CPU tasks, then the aesthetic actor pool), then the
-filters and the caption frames (CPU tasks) and the VLM (an actor pool), and a last map writes the
-task's shards, manifest parts and completion marker. Completed tasks are skipped on a rerun; the
-run refuses to resume under another config.
+The Ray Data pipeline has one row per task: the split stage (probe, scene detection, cut and
+encode), the CPU scorers, the aesthetic actor pool, the filters and the caption frames, the VLM (an
+actor pool), and the write of the task's shards, manifest parts and completion marker. Stages that
+follow each other on CPU run as one Ray task, so with the model stages off a task is one Ray task
+from its videos to its marker. Completed tasks are skipped on a rerun; the run refuses to resume
+under another config.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import copy
 import functools
 import hashlib
 import json
+import os
 import pickle
 import sys
 import time
@@ -20,6 +22,7 @@ from collections import Counter
 from datetime import UTC, datetime
 
 import numpy as np
+import pyarrow.parquet as pq
 import ray
 
 from captioning.stage import apply_to_clip
@@ -40,15 +43,20 @@ from curation.record import VIDEO_SCHEMA
 from curation.scoring_stage import CpuScoringStage
 from curation.splitter import ClipSplitter, TaskResult
 from curation.writer import TaskWriter, apply_filters, clear_task, parquet_bytes
+from jobs.attempts import clear_attempts, count_attempts, note_attempt
 from jobs.captioning_stage import add_caption_actors, caption_report, check_captioning, prep_columns
 from jobs.job_configs import NOT_IN_FINGERPRINT, CurateJobConfig
 from jobs.outcomes import error_summary, failure_note, finished, lost_tasks
+from jobs.progress import TaskProgress, tally
 from jobs.ray_runtime import (
     actor_retry_args,
     fit_actor_cpus,
     keep_going_on_failed_tasks,
+    native_notices_hidden,
+    quiet_ray_data,
     ray_session,
     retry_args_accepted,
+    run_where_files_are_read,
     task_retry_args,
 )
 from jobs.report import report_after_job
@@ -92,16 +100,29 @@ def prepare_output(layout: OutputLayout, spec: dict, overwrite: bool) -> None:
     storage.write_bytes(layout.spec, json.dumps(spec, indent=1, sort_keys=True).encode())
 
 
+def _live(value):
+    """A row's `task` or `result` as an object: rows carry them pickled from one Ray task to the next
+    (through the object store), and as they are from one stage to the next within a `_chain`."""
+    return pickle.loads(value) if isinstance(value, bytes) else value
+
+
+def _wire(row: dict) -> dict:
+    """The row as it leaves a Ray task: a whole task's result travels as one pickled value (clip
+    records are nested and sparsely filled, which Arrow would otherwise have to infer, and reconcile,
+    block by block)."""
+    return {k: pickle.dumps(v) if isinstance(v, Task | TaskResult) else v for k, v in row.items()}
+
+
 def _quarantined_task(row: dict, exc: Exception, stage: str) -> dict:
     """The row a stage hands on when it failed on a whole task (a bug of ours): every clip of the task
     (or, before the split, every video) is recorded as `internal_error`, and the pipeline goes on."""
     if "result" in row:
-        result: TaskResult = pickle.loads(row["result"])
+        result: TaskResult = _live(row["result"])
         for record in result.clips:
             if record.kept:
                 drop_clip(record, exc, stage)
     else:
-        task: Task = pickle.loads(row["task"])
+        task: Task = _live(row["task"])
         error = {"status": "error", **internal_error_row(exc, stage)}
         result = TaskResult(
             task.task_id, videos=[{"uri": u, "task_id": task.task_id, **error} for u in task.uris]
@@ -112,35 +133,66 @@ def _quarantined_task(row: dict, exc: Exception, stage: str) -> dict:
 def _guarded(stage: str, fallback=_quarantined_task):
     """Run a row function so that no exception ends the job: a transient one is raised as
     `TransientError` (Ray starts the task again, `resources.task_retries` times), anything else
-    becomes the stage's `fallback` row."""
+    becomes the stage's `fallback` row. The stage's time is counted to the task's result."""
 
     def wrap(fn):
         @functools.wraps(fn)
         def run(*args, **kwargs) -> dict:  # (row, ...) or, for an actor's method, (self, row)
+            started, started_unix = time.perf_counter(), time.time()
             try:
-                return fn(*args, **kwargs)
+                out = fn(*args, **kwargs)
             except Exception as exc:
                 if is_transient(exc):
                     raise TransientError(f"{stage}: {describe(exc)}") from exc
                 return fallback(args[-1], exc, stage)
+            if isinstance(out.get("result"), TaskResult):
+                out["result"].clock(stage, started_unix, time.perf_counter() - started)
+            return out
 
         return run
 
     return wrap
 
 
+_PARENT = os.getppid()  # in a Ray worker, the raylet that started it
+
+
+def _job_gone() -> bool:
+    """Whether the Ray that started this worker is gone (the job was killed, its machine lost): the
+    worker lives on for a few seconds, and must not start another stage, least of all a write, for a
+    job that no longer exists (its rerun may be writing the same task)."""
+    return os.getppid() != _PARENT
+
+
+def _chain(*stages: functools.partial, out: str):
+    """One Ray task for consecutive CPU stages: each stage hands its result to the next as it is (no
+    pickling, no trip through the object store, no second task to schedule), and keeps its own guard.
+    A transient failure in any of them starts the whole chain again. Each start is noted in OUT
+    (`jobs.attempts`), so run.json counts the tasks Ray ran again (a lost node, a killed worker)."""
+    label = "+".join(stage.func.__name__.strip("_").removesuffix("_row") for stage in stages)
+
+    def run(row: dict) -> dict:
+        note_attempt(out, row["task_id"], label)
+        for stage in stages:
+            if _job_gone():
+                raise TransientError(f"{stage.func.__name__}: the job's Ray is gone")
+            row = stage(row)
+        return _wire(row)
+
+    # Ray Data names the operator, its progress bar and its workers' process titles after this
+    run.__name__ = "+".join(stage.func.__name__ for stage in stages)
+    return run
+
+
 @_guarded("split")
 def _split_row(row: dict, cfg: CurateJobConfig) -> dict:
-    task: Task = pickle.loads(row["task"])
-    # the whole task travels as one pickled value: clip records are nested and sparsely filled,
-    # which Arrow would otherwise have to infer (and reconcile) block by block
-    return {"task_id": task.task_id, "result": pickle.dumps(ClipSplitter(cfg).run(task))}
+    task: Task = _live(row["task"])
+    return {"task_id": task.task_id, "result": ClipSplitter(cfg).run(task)}
 
 
 @_guarded("scoring")
 def _cpu_score_row(row: dict, cfg: CurateJobConfig) -> dict:
-    result = CpuScoringStage(cfg).run(pickle.loads(row["result"]))
-    return {"task_id": row["task_id"], "result": pickle.dumps(result)}
+    return {"task_id": row["task_id"], "result": CpuScoringStage(cfg).run(_live(row["result"]))}
 
 
 class _AestheticActor:
@@ -153,17 +205,14 @@ class _AestheticActor:
 
     def __call__(self, batch: dict) -> dict:
         rows = [
-            self._score_row({"task_id": task_id, "result": blob})
+            _wire(self._score_row({"task_id": task_id, "result": blob}))
             for task_id, blob in zip(batch["task_id"], batch["result"], strict=True)
         ]
         return {"task_id": [r["task_id"] for r in rows], "result": [r["result"] for r in rows]}
 
     @_guarded("aesthetic")
     def _score_row(self, row: dict) -> dict:
-        return {
-            "task_id": row["task_id"],
-            "result": pickle.dumps(self.stage.run(pickle.loads(row["result"]))),
-        }
+        return {"task_id": row["task_id"], "result": self.stage.run(_live(row["result"]))}
 
 
 def _unprepared(row: dict, exc: Exception, stage: str) -> dict:
@@ -174,7 +223,7 @@ def _unprepared(row: dict, exc: Exception, stage: str) -> dict:
 @_guarded("caption frames", fallback=_unprepared)
 def _caption_prep_row(row: dict, cfg: CurateJobConfig) -> dict:
     """Filter the task's clips, then decode the kept ones for the VLM (CPU, ahead of the model)."""
-    result = pickle.loads(row["result"])
+    result = _live(row["result"])
     result.samples.clear()  # scored already; nothing downstream reads them
     apply_filters(result, ClipFilter(cfg.filters))
     kept = [
@@ -182,7 +231,7 @@ def _caption_prep_row(row: dict, cfg: CurateJobConfig) -> dict:
         for r in result.clips
         if r.kept and r.clip_id in result.media
     ]
-    return {"task_id": row["task_id"], "result": pickle.dumps(result), **prep_columns(kept, cfg.captioning)}
+    return {"task_id": row["task_id"], "result": result, **prep_columns(kept, cfg.captioning)}
 
 
 def _unwritten(row: dict, exc: Exception, stage: str) -> dict:
@@ -195,7 +244,8 @@ def _unwritten(row: dict, exc: Exception, stage: str) -> dict:
 
 @_guarded("write", fallback=_unwritten)
 def _write_row(row: dict, out: str, cfg: CurateJobConfig, fingerprint: str) -> dict:
-    result = pickle.loads(row["result"])
+    started, started_unix = time.perf_counter(), time.time()
+    result = _live(row["result"])
     result.samples.clear()  # scored already; nothing downstream reads them
     extra = {}
     if "outcomes" in row:
@@ -204,8 +254,11 @@ def _write_row(row: dict, out: str, cfg: CurateJobConfig, fingerprint: str) -> d
             record = records[outcome.key]
             apply_to_clip(record, result.media[record.clip_id], outcome, cfg.captioning.on_failure)
         extra["captioning"] = pickle.loads(row["caption_stats"])
-    writer = TaskWriter(out, cfg, fingerprint)
-    return {"task_id": row["task_id"], "summary": json.dumps(writer.run(result, extra))}
+    summary = TaskWriter(out, cfg, fingerprint).run(result, extra)
+    result.clock("write", started_unix, time.perf_counter() - started)
+    # for run.json's timings only (the marker has been written): where the task's time went
+    timings = {"stage_s": result.stage_s, "started_unix": result.started_unix, "finished_unix": time.time()}
+    return {"task_id": row["task_id"], "summary": json.dumps(summary | timings)}
 
 
 def check_models(cfg: CurateJobConfig) -> None:
@@ -233,24 +286,39 @@ def _check_aesthetic(cfg: CurateJobConfig) -> None:
 def build_pipeline(ds, output: str, cfg: CurateJobConfig, fingerprint: str):
     """The curate pipeline on Ray Data, one row per task: split -> score -> caption -> write.
 
-    The aesthetic actors reserve memory (`resources.aesthetic_memory_gb`) and the CPU stages do
-    not; besides placing the model, that keeps Ray Data from fusing the split into the actor pool,
-    where, with as many actors as model copies, the video work would run one task at a time.
+    CPU stages that follow each other run as one Ray task (`_chain`): with the model stages off the
+    whole pipeline is one task per row, and a task's clips are pickled once, for the driver's trip
+    back, not once per stage. An actor stage (aesthetic, captioning) ends a chain. The aesthetic
+    actors reserve their own memory (`resources.aesthetic_memory_gb`); besides placing the model,
+    that keeps Ray Data from fusing the split into the actor pool, where, with as many actors as
+    model copies, the video work would run one task at a time.
     """
     with retry_args_accepted():
         return _build_pipeline(ds, output, cfg, fingerprint)
+
+
+def _map_chain(ds, stages: list[tuple[functools.partial, float, int | None]], task_args: dict, out: str):
+    """A map of `stages` (row function, CPUs, memory bytes or None) as one task per row, which
+    reserves what the most demanding of them needs."""
+    memory = max((m for _, _, m in stages if m is not None), default=None)
+    return ds.map(
+        _chain(*(fn for fn, _, _ in stages), out=out),
+        num_cpus=max(cpus for _, cpus, _ in stages),
+        memory=memory,
+        **task_args,
+    )
 
 
 def _build_pipeline(ds, output: str, cfg: CurateJobConfig, fingerprint: str):
     res, scoring = cfg.resources, cfg.scoring
     task_args = task_retry_args(res.task_retries)
     memory = int(res.task_memory_gb * 2**30)
-    ds = ds.map(functools.partial(_split_row, cfg=cfg), num_cpus=res.split_cpus, memory=memory, **task_args)
+    cpu = [(functools.partial(_split_row, cfg=cfg), res.split_cpus, memory)]
     if scoring.motion.enabled or scoring.quality.enabled:
-        ds = ds.map(
-            functools.partial(_cpu_score_row, cfg=cfg), num_cpus=res.score_cpus, memory=memory, **task_args
-        )
+        cpu.append((functools.partial(_cpu_score_row, cfg=cfg), res.score_cpus, memory))
     if scoring.aesthetic.enabled:
+        ds = _map_chain(ds, cpu, task_args, output)
+        cpu = []
         ds = ds.map_batches(
             _AestheticActor,
             fn_constructor_kwargs={"cfg": cfg},
@@ -262,15 +330,12 @@ def _build_pipeline(ds, output: str, cfg: CurateJobConfig, fingerprint: str):
             **actor_retry_args(res.task_retries),
         )
     if cfg.captioning.enabled:
-        ds = ds.map(
-            functools.partial(_caption_prep_row, cfg=cfg), num_cpus=cfg.captioning.prep_cpus, **task_args
-        )
+        cpu.append((functools.partial(_caption_prep_row, cfg=cfg), cfg.captioning.prep_cpus, None))
+        ds = _map_chain(ds, cpu, task_args, output)
+        cpu = []
         ds = add_caption_actors(ds, cfg.captioning, actor_retry_args(res.task_retries))
-    return ds.map(
-        functools.partial(_write_row, out=output, cfg=cfg, fingerprint=fingerprint),
-        num_cpus=res.write_cpus,
-        **task_args,
-    )
+    write = functools.partial(_write_row, out=output, cfg=cfg, fingerprint=fingerprint)
+    return _map_chain(ds, [*cpu, (write, res.write_cpus, None)], task_args, output)
 
 
 def _fit_to_session(cfg: CurateJobConfig, session: dict, log) -> CurateJobConfig:
@@ -305,13 +370,19 @@ def aggregate(summaries: list[dict]) -> dict:
 
 
 def score_distributions(layout: OutputLayout) -> dict[str, dict]:
-    """Per score over every scored candidate clip: count, min, percentiles, max (for run.json)."""
-    table = layout.read_manifest(layout.clips_manifest)
+    """Per score over every scored candidate clip: count, min, percentiles, max (for run.json).
+    Reads only the score columns of the clips manifest (which also holds errors and captions)."""
+    parts: dict[str, list[np.ndarray]] = {}
+    for uri in layout.manifest_parts(layout.clips_manifest):
+        part = pq.ParquetFile(storage.open_input_file(uri))
+        names = [n for n in part.schema_arrow.names if n.startswith("scores.")]
+        table = part.read(columns=names)
+        for name in names:
+            column = table.column(name).drop_null()
+            parts.setdefault(name, []).append(column.to_numpy().astype(np.float64))
     out = {}
-    if table is None:
-        return out
-    for name in (n for n in table.column_names if n.startswith("scores.")):
-        values = np.array([v for v in table.column(name).to_pylist() if v is not None], dtype=np.float64)
+    for name, arrays in parts.items():
+        values = np.concatenate(arrays)
         if len(values):
             pct = np.percentile(values, [5, 25, 50, 75, 95])
             out[name.removeprefix("scores.")] = {
@@ -320,6 +391,29 @@ def score_distributions(layout: OutputLayout) -> dict[str, dict]:
                 "max": float(values.max()),
             }  # fmt: skip
     return out
+
+
+def stage_timings(fresh: list[dict], ray_ready_unix: float, ray_stopped_unix: float) -> dict:
+    """Where the pipeline's time went, from the summaries of the tasks run now (run.json `timings`):
+    Ray ready -> first task start (planning, worker start-up), first start -> last end, the task time
+    of each stage summed over tasks, the time tasks spent between their stages (queues, object store),
+    and last end -> Ray stopped (the results' way back to the driver, the shutdown)."""
+    timed = [s for s in fresh if s.get("started_unix") is not None]
+    if not timed:
+        return {}
+    first = min(s["started_unix"] for s in timed)
+    last = max(s["finished_unix"] for s in timed)
+    stages: Counter = Counter()
+    for s in timed:
+        stages.update(s["stage_s"])
+    between = sum(s["finished_unix"] - s["started_unix"] - sum(s["stage_s"].values()) for s in timed)
+    return {
+        "first_task_start_s": first - ray_ready_unix,
+        "tasks_span_s": last - first,
+        "stage_task_s": dict(stages),
+        "between_stages_s": between,
+        "after_tasks_s": ray_stopped_unix - last,
+    }
 
 
 def rule_drops(cfg: CurateJobConfig, drop_reasons: dict[str, int]) -> dict[str, int]:
@@ -386,12 +480,11 @@ def run_curate(
     `models` labels the run's model weights in run.json and the summary (the demo passes
     "random-weights" when it had to stand in tiny random models for missing ones).
     """
-    started = time.perf_counter()
+    started, start_unix = time.perf_counter(), time.time()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     ffmpeg_tools.require_binaries()
     check_subset(sample, limit)
     uris = [u for u in expand_inputs(inputs, cfg.input.extensions) if in_sample(u, sample or 1.0)][:limit]
-    check_models(cfg)
     tasks = make_tasks(uris, cfg.input.videos_per_task)
     layout = OutputLayout(output)
     fingerprint = config_lib.fingerprint(cfg, ignore=NOT_IN_FINGERPRINT)
@@ -403,25 +496,38 @@ def run_curate(
         "selection": {"sample": sample, "limit": limit},
     }
     prepare_output(layout, spec, overwrite)
-    done = {tid for tid, m in layout.completed_markers().items() if finished(m, fingerprint)}
+    before = layout.completed_markers()
+    done = {tid for tid, m in before.items() if finished(m, fingerprint)}
     pending = [t for t in tasks if t.task_id not in done]
     log(
         f"reelmill curate: {len(uris)} videos in {len(tasks)} tasks; {len(done)} done already, {len(pending)} to run"
     )
     keep_going_on_failed_tasks()
+    quiet_ray_data()
 
     fresh: list[dict] = []
     ray_started = time.perf_counter()
+    clear_attempts(output)
     with ray_session(num_cpus) as ray_info:
         ray_start_s = time.perf_counter() - ray_started
+        run_where_files_are_read(check_models, cfg, session=ray_info)
         if pending:
             ds = ray.data.from_items(
-                [{"task": pickle.dumps(t)} for t in pending], override_num_blocks=len(pending)
+                [{"task_id": t.task_id, "task": pickle.dumps(t)} for t in pending],
+                override_num_blocks=len(pending),
             )
-            for row in build_pipeline(
-                ds, output, _fit_to_session(cfg, ray_info, log), fingerprint
-            ).iter_rows():
-                fresh.append(json.loads(row["summary"]))
+            pipeline = build_pipeline(ds, output, _fit_to_session(cfg, ray_info, log), fingerprint)
+            progress = TaskProgress(
+                "curate", layout.run_json, len(tasks),
+                (tally("videos"), tally("clips"), tally("clips kept", "clips_kept")),
+                done_before=len(done), seconds_key="seconds_in",
+                header={"job": "curate", "command": sys.argv, "output": output, "started_at": started_at},
+            )  # fmt: skip
+            with progress, native_notices_hidden():
+                for row in pipeline.iter_rows():  # a row per finished task: its summary
+                    fresh.append(json.loads(row["summary"]))
+                    progress.task_done(fresh[-1])
+    ray_stopped = time.perf_counter()
     failed = {s["task_id"]: s["failed"] for s in fresh if "failed" in s}
     fresh = [s for s in fresh if "failed" not in s]
     returned = {s["task_id"] for s in fresh}
@@ -433,11 +539,14 @@ def run_curate(
     }
     wall = time.perf_counter() - started
 
-    markers = layout.completed_markers()
+    # the markers now: those read at the start that still stand, and the tasks run now (their summaries
+    # are their markers' content), without listing and reading every marker again
+    markers = {tid: m for tid, m in before.items() if tid in done} | {s["task_id"]: s for s in fresh}
     counts = aggregate([markers[t.task_id] for t in tasks if t.task_id in markers] + list(lost.values()))
     seconds_now = sum(s["seconds_in"] for s in fresh)
     run = {
         "job": "curate",
+        "state": "finished",
         "command": sys.argv,
         "output": output,
         "started_at": started_at,
@@ -447,6 +556,7 @@ def run_curate(
         "versions": versions(),
         "ray": ray_info,
         "tasks": {"total": len(tasks), "run_now": len(fresh), "skipped_done": len(done), "failed": len(lost)},
+        "retries": count_attempts(output),
         "counts": counts,
         "errors": error_summary(counts["videos"], counts["videos"] - counts["videos_ok"], counts),
         "scores": score_distributions(layout),
@@ -455,6 +565,14 @@ def run_curate(
             "wall_s": wall,
             "ray_start_s": ray_start_s,
             "split_and_write_task_s": sum(s["processing_s"] for s in fresh),
+            **stage_timings(
+                fresh,
+                start_unix + (ray_started - started) + ray_start_s,
+                start_unix + (ray_stopped - started),
+            ),
+            "setup_s": ray_started - started,
+            "start_unix": start_unix,
+            "finish_s": time.perf_counter() - ray_stopped,
         },
         "throughput": {
             "video_s_in": seconds_now,

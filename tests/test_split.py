@@ -171,6 +171,19 @@ def test_a_full_group_of_clips_gets_its_samples_from_the_one_decode(tmp_path):
         assert clip.samples is not None and len(clip.samples.rgb) == len(numbers) == 3
 
 
+def test_a_group_of_one_long_clip_comes_out_whole(tmp_path):
+    """x264 makes a keyframe every 250 frames: the muxer must not cut a lone 10 s clip there."""
+    from curation.clips import ClipSpan
+    from curation.curate_config import TranscodeConfig
+    from curation.synthetic import Shot, VideoSpec, make_video
+    from curation.transcode import transcode_group
+
+    source = make_video(tmp_path / "one.mp4", VideoSpec([Shot("testsrc2", 300)], 160, 120, "30"))
+    info = probe(str(source), 2.0)
+    clips = transcode_group(str(source), info, [ClipSpan(0, 0, 300, True)], TranscodeConfig())
+    assert [c.num_frames for c in clips] == [300]
+
+
 def test_letterbox_bars_are_found_and_cropped_away_on_request(tmp_path):
     from curation.synthetic import Shot, VideoSpec, make_video
 
