@@ -69,6 +69,7 @@ from jobs.ray_runtime import (
     quiet_ray_data,
     ray_session,
     retry_args_accepted,
+    run_where_files_are_read,
     task_retry_args,
 )
 from jobs.run_info import versions
@@ -368,6 +369,14 @@ def _merge(into: dict, summary: dict) -> dict:
     return into
 
 
+def encoder_dims(cfg: EncodeConfig) -> tuple[int, int]:
+    """The VAE's latent channels and the text encoder's width, read from their configs: a missing model
+    is a ConfigError naming the key to set."""
+    from training.encoders import text_encoder_dim, vae_latent_channels
+
+    return vae_latent_channels(cfg.vae), text_encoder_dim(cfg.text_encoder)
+
+
 def run_encode(
     inputs: list[str],
     output: str,
@@ -378,15 +387,11 @@ def run_encode(
     models: str | None = None,
 ) -> dict:
     """Run the whole encode job; returns what it writes to run.json."""
-    from training.encoders import text_encoder_dim, vae_latent_channels
-
     started = time.perf_counter()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     ffmpeg_tools.require_binaries()
     uris = expand_input_shards(inputs, output)
     layout = OutputLayout(output)
-    # fail before any work when a model is missing (their configs name the key to set)
-    latent_channels, text_dim = vae_latent_channels(cfg.vae), text_encoder_dim(cfg.text_encoder)
     tasks = make_tasks(uris, cfg.input.shards_per_task)
     fingerprint = config_lib.fingerprint(cfg)
     spec = {
@@ -413,6 +418,8 @@ def run_encode(
             storage.delete(uri)
     fresh: dict[int, dict] = {}
     with ray_session(num_cpus) as ray_info:
+        # fail before any work when a model is missing (their configs name the key to set)
+        latent_channels, text_dim = run_where_files_are_read(encoder_dims, cfg, session=ray_info)
         if pending:
             gpus = cfg.num_gpus
             if gpus is None:

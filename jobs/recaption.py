@@ -71,6 +71,7 @@ from jobs.ray_runtime import (
     quiet_ray_data,
     ray_session,
     retry_args_accepted,
+    run_where_files_are_read,
     task_retry_args,
 )
 from jobs.report import report_after_job
@@ -421,7 +422,6 @@ def run_recaption(
         )
     uris = expand_input_shards(inputs, output)
     layout = OutputLayout(output)
-    check_captioning(cfg.captioning)
     fraction, seed = sample or 1.0, cfg.captioning.vlm.seed
     tasks = make_tasks(uris, cfg.input.shards_per_task)
     fingerprint = config_lib.fingerprint(cfg, ignore=NOT_IN_FINGERPRINT)
@@ -446,6 +446,7 @@ def run_recaption(
     quiet_ray_data()
     fresh: list[dict] = []
     with ray_session(num_cpus) as ray_info:
+        run_where_files_are_read(check_captioning, cfg.captioning, session=ray_info)
         if pending:
             fitted = fit_actor_cpus(
                 {"captioning": (cfg.captioning.cpus, cfg.captioning.actors)}, cfg.read_cpus, ray_info, log
