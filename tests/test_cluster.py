@@ -121,12 +121,15 @@ class Cluster:
 def cluster(wheel_install):
     temp_dir = tempfile.mkdtemp(prefix="rmc-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k != "PYTHONPATH"}
-    env |= {"PATH": f"{wheel_install}{os.pathsep}{env['PATH']}", "RAY_AUTH_MODE": "token"}
+    # a home of its own: the head makes the cluster's token in ~/.ray as on a fresh machine
+    env |= {"PATH": f"{wheel_install}{os.pathsep}{env['PATH']}", "RAY_AUTH_MODE": "token", "HOME": temp_dir}
     port, dashboard_port = free_port(), free_port()
     cluster = Cluster(
         env, wheel_install / "python", temp_dir, f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard_port}"
     )
     try:
+        token = cluster.ray("get-auth-token", "--generate")  # the recipe's first step on a new cluster
+        assert token.returncode == 0, token.stderr
         head = cluster.ray(
             "start", "--head", "--port", str(port), "--num-cpus", "1", "--include-dashboard", "true",
             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port), "--temp-dir", temp_dir,
