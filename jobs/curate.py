@@ -564,7 +564,6 @@ def run_curate(
         "timings": {
             "wall_s": wall,
             "ray_start_s": ray_start_s,
-            "split_and_write_task_s": sum(s["processing_s"] for s in fresh),
             **stage_timings(
                 fresh,
                 start_unix + (ray_started - started) + ray_start_s,

@@ -33,23 +33,22 @@ OPTIONS = RayOptions()
 
 def load_runtime_env(value: str) -> dict:
     """`--runtime-env`: inline JSON, or a JSON/YAML file (the format `ray job submit --runtime-env` takes)."""
-    import json
-
     import yaml
 
     from curation.config import ConfigError
 
+    inline = value.lstrip().startswith("{")
     text = value
-    if not value.lstrip().startswith("{"):
+    if not inline:
         try:
             with open(value) as f:
                 text = f.read()
         except OSError as exc:
             raise ConfigError(f"--runtime-env: {value} is neither JSON nor a readable file ({exc})") from None
     try:
-        env = yaml.safe_load(text) if not value.lstrip().startswith("{") else json.loads(text)
-    except (ValueError, yaml.YAMLError) as exc:
-        raise ConfigError(f"--runtime-env: not valid JSON/YAML: {exc}") from None
+        env = yaml.safe_load(text)  # YAML reads JSON too
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--runtime-env: not valid JSON/YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(env, dict):
         raise ConfigError(f"--runtime-env: must be a mapping (env_vars, pip, ...), got {type(env).__name__}")
     return env
