@@ -112,9 +112,17 @@ def to_dict(cfg: Any) -> dict:
 
 
 def fingerprint(cfg: Any, ignore: tuple[str, ...] = ()) -> str:
-    """A stable hash of a config, used to refuse resuming a run under a different config; sections in
-    `ignore` (settings that do not change what a run writes to its shards) are left out."""
-    data = {k: v for k, v in to_dict(cfg).items() if k not in ignore}
+    """A stable hash of a config, used to refuse resuming a run under a different config; sections and
+    dotted keys in `ignore` (settings that do not change what a run writes to its shards, such as
+    `report` or `io.request_timeout_s`) are left out."""
+    data = to_dict(cfg)
+    for dotted in ignore:
+        *parents, last = dotted.split(".")
+        node = data
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -39,7 +39,8 @@ class InputConfig:
 
 @dataclass
 class IOConfig:
-    """Limits on reading shards written elsewhere (`curation/safe_tar.py`): foreign data is untrusted."""
+    """Reading and writing storage: limits on shards written elsewhere (`curation/safe_tar.py`: foreign
+    data is untrusted), and how long a remote request (s3://, gs://) may take and how often it is tried."""
 
     max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
     """A tar member larger than this is not read; its sample is recorded as `member_too_large`."""
@@ -47,6 +48,15 @@ class IOConfig:
     """All members of one sample together."""
     allow_compressed: bool = False
     """Read gzip/bzip2/xz/zstd-compressed tars too (members are still capped by size)."""
+    request_timeout_s: float = 60.0
+    """Longest wait for one object-store request (a stalled read fails instead of hanging the task)."""
+    connect_timeout_s: float = 10.0
+    """Longest wait to connect to the object store."""
+    attempts: int = 4
+    """Tries of one remote operation that fails transiently (timeout, connection, throttling), with
+    exponential backoff between them; each retry is counted in run.json `io`."""
+    backoff_s: float = 0.5
+    """Wait before the first retry; doubled for each further one (capped at 30 s), with jitter."""
 
     def __post_init__(self):
         check(self.max_member_bytes >= 1, "io.max_member_bytes", "must be >= 1")
@@ -55,6 +65,36 @@ class IOConfig:
             "io.max_sample_bytes",
             "must be >= io.max_member_bytes",
         )
+        check(self.request_timeout_s > 0, "io.request_timeout_s", "must be > 0")
+        check(self.connect_timeout_s > 0, "io.connect_timeout_s", "must be > 0")
+        check(self.attempts >= 1, "io.attempts", "must be >= 1")
+        check(self.backoff_s >= 0, "io.backoff_s", "must be >= 0")
+
+
+@dataclass
+class LockConfig:
+    """One job per OUT: the job holds `OUT/_state/lock.json` and refreshes its heartbeat while it runs."""
+
+    stale_s: float = 60.0
+    """A lock whose heartbeat is older than this is taken to belong to a dead job, and is taken over."""
+    heartbeat_s: float = 5.0
+    """How often the running job refreshes its lock's heartbeat."""
+
+    def __post_init__(self):
+        check(self.heartbeat_s > 0, "lock.heartbeat_s", "must be > 0")
+        check(self.stale_s > 2 * self.heartbeat_s, "lock.stale_s", "must be more than twice lock.heartbeat_s")
+
+
+@dataclass
+class ResumeConfig:
+    """What a rerun checks before it trusts a task's completion marker."""
+
+    verify: str = "size"
+    """size: every file the marker names exists with the size it records (one listing per directory);
+    checksum: also reads every file and compares its sha256 (slow on a large run: reads everything)."""
+
+    def __post_init__(self):
+        check(self.verify in ("size", "checksum"), "resume.verify", "must be size or checksum")
 
 
 @dataclass
@@ -213,6 +253,9 @@ class CurateConfig:
     filters: FilterConfig = field(default_factory=FilterConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    io: IOConfig = field(default_factory=IOConfig)
+    lock: LockConfig = field(default_factory=LockConfig)
+    resume: ResumeConfig = field(default_factory=ResumeConfig)
 
     @property
     def scores_anything(self) -> bool:

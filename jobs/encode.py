@@ -58,7 +58,7 @@ from curation.shards import (
 )
 from curation.writer import clear_task, parquet_bytes
 from jobs.curate import prepare_output
-from jobs.job_configs import EncodeConfig
+from jobs.job_configs import NOT_IN_FINGERPRINT, EncodeConfig
 from jobs.outcomes import error_summary, failure_note, finished, lost_tasks
 from jobs.progress import TaskProgress, tally
 from jobs.ray_runtime import (
@@ -393,7 +393,7 @@ def run_encode(
     uris = expand_input_shards(inputs, output)
     layout = OutputLayout(output)
     tasks = make_tasks(uris, cfg.input.shards_per_task)
-    fingerprint = config_lib.fingerprint(cfg)
+    fingerprint = config_lib.fingerprint(cfg, ignore=NOT_IN_FINGERPRINT)
     spec = {
         "config": config_lib.to_dict(cfg),
         "config_fingerprint": fingerprint,

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from captioning.caption_config import CaptionConfig
 from captioning.report.config import ReportConfig
 from curation.config import check
-from curation.curate_config import CurateConfig, IOConfig, ShardConfig
+from curation.curate_config import CurateConfig, IOConfig, LockConfig, ResumeConfig, ShardConfig
 from training.encoders import TextEncoderConfig, VAEConfig
 
 
@@ -23,8 +23,17 @@ class CurateJobConfig(CurateConfig):
     report: ReportConfig = field(default_factory=ReportConfig)
 
 
-NOT_IN_FINGERPRINT = ("report",)
-"""Config sections that do not change what a job writes to its shards: changing them never blocks a resume."""
+NOT_IN_FINGERPRINT = (
+    "report",
+    "lock",
+    "resume",
+    "io.request_timeout_s",
+    "io.connect_timeout_s",
+    "io.attempts",
+    "io.backoff_s",
+)
+"""Config sections and keys that do not change what a job writes to its shards: changing them never
+blocks a resume."""
 
 
 @dataclass
@@ -54,6 +63,8 @@ class RecaptionConfig:
     """CPUs per task that reads a shard and prepares its frames."""
     write_cpus: float = 0.25
     report: ReportConfig = field(default_factory=ReportConfig)
+    lock: LockConfig = field(default_factory=LockConfig)
+    resume: ResumeConfig = field(default_factory=ResumeConfig)
 
     def __post_init__(self):
         check(self.read_cpus > 0, "read_cpus", "must be > 0")
@@ -116,6 +127,8 @@ class EncodeConfig:
     """CPUs per task that reads a task's shards and decodes its clips."""
     write_cpus: float = 0.25
     shards: EncodeShardConfig = field(default_factory=EncodeShardConfig)
+    lock: LockConfig = field(default_factory=LockConfig)
+    resume: ResumeConfig = field(default_factory=ResumeConfig)
 
     def __post_init__(self):
         check(self.device in ("auto", "cpu", "cuda"), "device", "must be auto, cpu or cuda")
