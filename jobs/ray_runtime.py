@@ -84,6 +84,15 @@ def ray_session(num_cpus: int | None = None, log=print) -> Iterator[dict]:
         address = os.environ.get("RAY_ADDRESS")
         env = {"runtime_env": OPTIONS.runtime_env} if OPTIONS.runtime_env else {}
         if address:
+            # a cluster's workers do not inherit this environment as the embedded Ray's do: pass the
+            # remote I/O settings (`storage.configure`) on, unless the runtime_env sets them itself
+            from curation.storage import ENV_VARS
+
+            runtime_env = dict(OPTIONS.runtime_env or {})
+            io_vars = {var: os.environ[var] for var in ENV_VARS.values() if var in os.environ}
+            if io_vars:
+                runtime_env["env_vars"] = {**io_vars, **(runtime_env.get("env_vars") or {})}
+            env = {"runtime_env": runtime_env} if runtime_env else {}
             context = ray.init(address=address, logging_level="WARNING", **env)
         else:  # "local": a Ray of its own, never another job's that happens to run on this machine
             with stdin_from_devnull():

@@ -329,3 +329,69 @@ def wheel_install(tmp_path_factory) -> Path:
         check=True, capture_output=True,
     )  # fmt: skip
     return venv / "bin"
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A local S3 (moto's server, a real HTTP endpoint) for the session: AWS_ENDPOINT_URL and test
+    credentials are set in os.environ (and restored after), so pyarrow, boto3 and Ray workers started
+    afterwards all talk to it (a test that monkeypatches AWS_* variables requests this fixture first,
+    or their restoring undoes it). `.endpoint` is its URL; `.bucket(prefix)` creates a fresh bucket and
+    returns its `s3://` URI."""
+    import socket
+    import time
+    import types
+    import urllib.request
+    import uuid
+
+    import boto3
+
+    with socket.socket() as probe:  # a free port, for moto to bind next
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(endpoint, timeout=2).close()
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                raise RuntimeError(f"moto's S3 server did not start on {endpoint}") from None
+            time.sleep(0.2)
+    names = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update(
+        AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+    )  # fmt: skip
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+
+    def bucket(name_prefix: str = "bucket") -> str:
+        stem = (
+            "".join(c if c.isascii() and c.isalnum() else "-" for c in name_prefix.lower()).strip("-")[:40]
+            or "bucket"
+        )
+        name = f"{stem}-{uuid.uuid4().hex[:12]}"
+        client.create_bucket(Bucket=name)
+        return f"s3://{name}"
+
+    try:
+        yield types.SimpleNamespace(endpoint=endpoint, bucket=bucket)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
