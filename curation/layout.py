@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import json
+import os
 from dataclasses import dataclass
 
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from curation import storage
@@ -69,25 +73,121 @@ class OutputLayout:
     def manifest_part(self, manifest_dir: str, task_id: int) -> str:
         return storage.join(manifest_dir, f"task-{task_id:06d}.parquet")
 
-    def owned_dirs(self) -> list[str]:
-        """Everything a run writes; `--overwrite` removes exactly these."""
-        return [
-            self.shards,
-            self.dropped,
-            self.path("manifest"),
-            self.markers,
-            self.path("_state"),
-            self.report,
-        ]
+    @property
+    def lock(self) -> str:
+        """The lock of the job that holds OUT now (`jobs.output_lock`): the job's, not the run's."""
+        return self.path("_state", "lock.json")
 
-    def completed_markers(self) -> dict[int, dict]:
-        """Task id -> marker content for every completed task."""
-        done = {}
-        for uri in storage.list_files(self.markers, recursive=False):
-            name = uri.rsplit("/", 1)[-1]
-            if name.startswith("task-") and name.endswith(".json"):
-                done[int(name[5:-5])] = json.loads(storage.read_bytes(uri))
-        return done
+    OWNED = (
+        "run.json",
+        "shards/shard-*.tar",
+        "shards/index.json",
+        "dropped/shard-*.tar",
+        *(
+            f"manifest/{name}/*.parquet"
+            for name in ("videos", "clips", "embeddings", "shards", "samples", "dedup")
+        ),
+        "_markers/task-*.json",
+        "_state/**",
+        "report/index.html",
+        "report/report.json",
+        "report/plots/*.png",
+        "report/sheets/*.jpg",
+    )
+    """The files a run writes, as patterns relative to OUT (`**`: everything below), each also with its
+    temporaries (`NAME.tmp-*`, left by a write that was cut off). `--overwrite` deletes these and nothing
+    else: OUT may be a directory the user also keeps files in (or, by mistake, their home directory, with a
+    `report/` of its own), and a directory deleted wholesale would take their files with it."""
+
+    TEMPORARY = ".tmp-*"
+
+    def holds_run(self) -> bool:
+        """Whether OUT holds a reelmill run (of any job): its spec, a run.json a job wrote, or a marker.
+        Only then may `--overwrite` delete anything there."""
+        if storage.exists(self.spec):
+            return True
+        if storage.exists(self.run_json):
+            try:
+                run = json.loads(storage.read_bytes(self.run_json))
+            except ValueError:
+                run = None
+            if isinstance(run, dict) and "job" in run:
+                return True
+        return any(fnmatch.fnmatchcase(name, "task-*.json") for name in self.entries("_markers"))
+
+    def entries(self, *parts: str) -> list[str]:
+        """The names directly under OUT (or OUT/parts), a directory's with a trailing `/`, sorted; one
+        listing, however much lies below."""
+        fs, path = storage.filesystem(self.path(*parts) if parts else self.root)
+        if fs.get_file_info(path).type != pafs.FileType.Directory:  # not there, or a file of that name
+            return []
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
+        return sorted(
+            info.base_name + ("/" if info.type == pafs.FileType.Directory else "")
+            for info in infos
+            if info.type in (pafs.FileType.File, pafs.FileType.Directory)
+        )
+
+    def owned_files(self, under: str = "") -> list[str]:
+        """Every file under OUT that `OWNED` names (only its patterns below `under`, e.g. "report", when
+        given), except the lock: one listing per directory it names."""
+        by_dir: dict[str, list[str]] = {}
+        for pattern in self.OWNED:
+            if under and not pattern.startswith(under.rstrip("/") + "/"):
+                continue
+            directory, _, name = pattern.rpartition("/")
+            by_dir.setdefault(directory, []).append(name)
+        found = []
+        for directory, names in by_dir.items():
+            parts = directory.split("/") if directory else []
+            if names == ["**"]:
+                found += storage.list_files(self.path(*parts), recursive=True)
+                continue
+            found += [
+                self.path(*parts, entry)
+                for entry in self.entries(*parts)
+                if any(
+                    fnmatch.fnmatchcase(entry, n) or fnmatch.fnmatchcase(entry, n + self.TEMPORARY)
+                    for n in names
+                )
+            ]
+        # the lock and its temporaries (a heartbeat being written) are the job's: it holds OUT meanwhile
+        return [uri for uri in found if uri != self.lock and not uri.startswith(self.lock + ".tmp-")]
+
+    def owned_dirs(self) -> list[str]:
+        """The directories `OWNED` names, and every directory below `_state/`, deepest first: those an
+        `--overwrite` removes once it has left them empty."""
+        named = set()
+        for pattern in self.OWNED:
+            parts = pattern.split("/")[:-1]
+            named |= {"/".join(parts[:i]) for i in range(1, len(parts) + 1)}
+        named |= {f"_state/{rel}" for rel in self._dirs_below(self.path("_state"))}
+        deepest_first = sorted(named, key=lambda rel: (-rel.count("/"), rel))
+        return [self.path(*rel.split("/")) for rel in deepest_first]
+
+    @staticmethod
+    def _dirs_below(uri: str) -> list[str]:
+        """Every directory below `uri`, relative to it."""
+        fs, path = storage.filesystem(uri)
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+        return [i.path[len(path) :].strip("/") for i in infos if i.type == pafs.FileType.Directory]
+
+    @staticmethod
+    def remove_dir_if_empty(uri: str) -> None:
+        """Remove the directory `uri` if nothing is in it; one that holds anything, or is not there, stays."""
+        if storage.is_local(uri):
+            with contextlib.suppress(OSError):  # rmdir refuses a directory that is not empty
+                os.rmdir(storage.local_path(uri))
+            return
+        fs, path = storage.filesystem(uri)
+        if fs.get_file_info(path).type == pafs.FileType.Directory and not fs.get_file_info(
+            pafs.FileSelector(path, recursive=True, allow_not_found=True)
+        ):
+            fs.delete_dir(path)
+
+    def relative(self, uri: str) -> str:
+        """`uri` (a file under OUT) as a path relative to OUT, as markers record their files."""
+        return uri[len(storage.join(self.root, "")) :].lstrip("/")  # the root as `path` spells it
 
     def shard_files(self) -> list[str]:
         return [u for u in storage.list_files(self.shards, recursive=False) if u.endswith(".tar")]

@@ -114,7 +114,10 @@ class TaskShardWriter:
         self.max_bytes = max_bytes
         self.prefix = prefix
         self.written: list[str] = []
+        self.files: dict[str, dict] = {}
+        """Each finished part's `{"bytes", "sha256"}`, by file name: what the task's marker records."""
         self._part = first_part - 1
+        self._stream = None
         self._stack: contextlib.ExitStack | None = None
         self._tar: tarfile.TarFile | None = None
         self._count = 0
@@ -125,9 +128,9 @@ class TaskShardWriter:
         self._part += 1
         name = shard_name(self.task_id, self._part, self.prefix)
         self._stack = contextlib.ExitStack()
-        stream = self._stack.enter_context(storage.atomic_output(storage.join(self.directory, name)))
+        self._stream = self._stack.enter_context(storage.atomic_output(storage.join(self.directory, name)))
         # pax: USTAR refuses names over 100 bytes, and foreign keys can be that long
-        self._tar = tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT)  # noqa: SIM115 (closed in close())
+        self._tar = tarfile.open(fileobj=self._stream, mode="w|", format=tarfile.PAX_FORMAT)  # noqa: SIM115 (closed in close())
         self.written.append(name)
         self._count = self._bytes = 0
 
@@ -164,7 +167,8 @@ class TaskShardWriter:
     def close(self) -> None:
         if self._tar is not None:
             self._tar.close()  # writes the end-of-archive blocks; the stream stays open
-            self._stack.close()
+            self._stack.close()  # publishes the part under its name
+            self.files[self.written[-1]] = {"bytes": self._stream.size, "sha256": self._stream.sha256}
             self._tar = None
 
     def __enter__(self) -> TaskShardWriter:
@@ -190,8 +194,7 @@ def open_shard(uri: str):
         from webdataset.gopen import gopen
 
         return gopen(uri, "rb")
-    fs, path = storage.filesystem(uri)
-    return fs.open_input_stream(path)
+    return storage.open_input_stream(uri)  # opening is retried; reads run under the request timeout
 
 
 def iter_samples(

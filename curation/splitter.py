@@ -47,10 +47,12 @@ class TaskResult:
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)  # clip_id -> [K, D] float16
     stage_s: dict[str, float] = field(default_factory=dict)  # stage -> seconds on this task (run.json)
     started_unix: float | None = None  # when its first stage began (wall clock: stages are processes)
+    io_retries: int = 0  # remote I/O operations its stages retried (run.json `io`)
 
-    def clock(self, stage: str, started_unix: float, seconds: float) -> None:
-        """Count `seconds` of task time to `stage` (run.json's timings)."""
+    def clock(self, stage: str, started_unix: float, seconds: float, io_retries: int = 0) -> None:
+        """Count `seconds` of task time to `stage` (run.json's timings), and the I/O it retried."""
         self.stage_s[stage] = self.stage_s.get(stage, 0.0) + seconds
+        self.io_retries += io_retries
         if self.started_unix is None:
             self.started_unix = started_unix
 

@@ -1,8 +1,9 @@
 """The write stage: a task's clips into webdataset shards, its rows into the manifests, then its marker.
 
 Writes are idempotent: the task's leftovers from an interrupted attempt are removed first, every
-file appears under its final name only when complete, and the completion marker comes last, so
-a task either counts as done with all its outputs in place or is redone from scratch.
+file appears under its final name only when complete, and the completion marker comes last, naming
+each file with its size and checksum, so a task either counts as done with all its outputs in place
+(`curation.resume` checks them on a rerun) or is redone from scratch.
 """
 
 from __future__ import annotations
@@ -29,6 +30,18 @@ def parquet_bytes(rows: list[dict], schema) -> bytes:
     sink = io.BytesIO()
     pq.write_table(table(rows, schema), sink)
     return sink.getvalue()
+
+
+def write_output(layout: OutputLayout, outputs: dict[str, dict], uri: str, data: bytes) -> None:
+    """Write one file of a task and record its size and checksum in `outputs` (for the marker)."""
+    outputs[layout.relative(uri)] = storage.write_bytes(uri, data)
+
+
+def shard_outputs(layout: OutputLayout, writer: TaskShardWriter) -> dict[str, dict]:
+    """The parts a shard writer published, as a marker records them (paths relative to OUT)."""
+    return {
+        layout.relative(storage.join(writer.directory, name)): info for name, info in writer.files.items()
+    }
 
 
 def clear_task(layout: OutputLayout, task_id: int) -> None:
@@ -123,20 +136,25 @@ class TaskWriter:
                     # the record names its own shard, so the part is chosen before the json is made
                     record.shard = target.place(len(media["mp4"]) + len(media["jpg"]))
                     target.write(record.clip_id, {**media, "json": record.to_json()})
+        outputs = shard_outputs(layout, shards) | (shard_outputs(layout, dropped) if dropped else {})
         if result.embeddings:
-            storage.write_bytes(
+            write_output(
+                layout, outputs,
                 layout.manifest_part(layout.embeddings_manifest, result.task_id),
                 parquet_bytes(_embedding_rows(result), embedding_schema(self._embedding_dim(result))),
-            )
+            )  # fmt: skip
         for directory, rows, schema in (
             (layout.videos_manifest, result.videos, VIDEO_SCHEMA),
             (layout.clips_manifest, [c.to_row() for c in result.clips], CLIP_SCHEMA),
         ):
-            storage.write_bytes(layout.manifest_part(directory, result.task_id), parquet_bytes(rows, schema))
+            write_output(
+                layout, outputs, layout.manifest_part(directory, result.task_id), parquet_bytes(rows, schema)
+            )
         summary = task_summary(result, shards.written) | (extra or {})
-        marker = {**summary, "run_fingerprint": self.run_fingerprint}
+        # the marker comes last, naming every file above with its size and checksum (`curation.resume`)
+        marker = {**summary, "outputs": outputs, "run_fingerprint": self.run_fingerprint}
         storage.write_bytes(layout.marker(result.task_id), json.dumps(marker, indent=1).encode())
-        return summary
+        return summary | {"outputs": outputs}
 
     @staticmethod
     def _embedding_dim(result: TaskResult) -> int:

@@ -10,6 +10,11 @@ from curation.inputs import InputError
 from jobs.job_configs import CurateJobConfig, EncodeConfig, RecaptionConfig
 from jobs.logs import configure_logging
 
+OVERWRITE_HELP = (
+    "start over: delete the run's own files in OUT (shards, manifests, markers, report, run.json; "
+    "nothing else), refused where OUT holds no reelmill run"
+)
+
 
 def _add_curate(sub) -> None:
     p = sub.add_parser("curate", help="raw videos -> clip shards and manifests")
@@ -18,7 +23,7 @@ def _add_curate(sub) -> None:
     p.add_argument("--config", default="default", help="preset name in configs/curate/ or a YAML path")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--videos-per-task", type=int, help="shorthand for --set input.videos_per_task=N")
-    p.add_argument("--overwrite", action="store_true", help="discard what OUT holds and start over")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument(
         "--keep-dropped", action="store_true", help="also write filtered-out clips to OUT/dropped/"
     )
@@ -67,7 +72,7 @@ def _add_recaption(sub) -> None:
     p.add_argument("--output", "-o", required=True, help="output directory or URI (OUT)")
     p.add_argument("--config", default="default", help="preset name in configs/recaption/ or a YAML path")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--overwrite", action="store_true", help="discard what OUT holds and start over")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     _add_ray(p)
     _add_subset(p, "samples")
     _add_error_limit(p)
@@ -95,7 +100,7 @@ def _add_encode(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--vae", metavar="MODEL", help="shorthand for --set vae.model=MODEL (hub id or directory)")
     p.add_argument("--text-encoder", metavar="MODEL", help="shorthand for --set text_encoder.model=MODEL")
-    p.add_argument("--overwrite", action="store_true", help="discard what OUT holds and start over")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     _add_ray(p)
     _add_error_limit(p)
 
@@ -152,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from captioning.report.collect import ReportError
     from jobs.curate import ResumeRefused  # heavy imports (ray) only once arguments parse
+    from jobs.output_lock import OutputBusy
 
     limit = getattr(args, "max_error_fraction", 1.0)
     if not 0 <= limit <= 1:
@@ -219,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             from jobs.demo import run_demo
 
             run_demo(args.output, num_cpus=args.num_cpus)
-    except (config_lib.ConfigError, InputError, ResumeRefused, ReportError) as exc:
+    except (config_lib.ConfigError, InputError, ResumeRefused, OutputBusy, ReportError) as exc:
         print(f"reelmill {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return error_exit_status(args.command, run, limit)

@@ -40,13 +40,15 @@ from curation.quarantine import (
     is_transient,
 )
 from curation.record import VIDEO_SCHEMA
+from curation.resume import log_redone, trusted_markers
 from curation.scoring_stage import CpuScoringStage
 from curation.splitter import ClipSplitter, TaskResult
 from curation.writer import TaskWriter, apply_filters, clear_task, parquet_bytes
 from jobs.attempts import clear_attempts, count_attempts, note_attempt
 from jobs.captioning_stage import add_caption_actors, caption_report, check_captioning, prep_columns
 from jobs.job_configs import NOT_IN_FINGERPRINT, CurateJobConfig
-from jobs.outcomes import error_summary, failure_note, finished, lost_tasks
+from jobs.outcomes import error_summary, failure_note, io_report, lost_tasks
+from jobs.output_lock import hold_output
 from jobs.progress import TaskProgress, tally
 from jobs.ray_runtime import (
     actor_retry_args,
@@ -78,12 +80,31 @@ def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
     return keys
 
 
+class NotARun(ResumeRefused):
+    """--overwrite was given for an OUT that holds files but no reelmill run."""
+
+
 def prepare_output(layout: OutputLayout, spec: dict, overwrite: bool) -> None:
-    """Start a new run in OUT, or check that a rerun matches the run already there."""
+    """Start a new run in OUT, or check that a rerun matches the run already there.
+
+    `--overwrite` deletes only the files a run writes (`OutputLayout.OWNED`), and only in an OUT that
+    holds a run: OUT may be a directory that also holds the user's own files, or one given by mistake.
+    The caller holds OUT's lock (`jobs.output_lock`), which stays."""
     if overwrite:
-        for directory in layout.owned_dirs():
-            storage.delete_dir(directory)
-        storage.delete(layout.run_json)
+        if layout.holds_run():
+            for uri in layout.owned_files():
+                storage.delete(uri)
+            for directory in layout.owned_dirs():
+                layout.remove_dir_if_empty(directory)
+        else:
+            held = layout.entries("_state") == ["lock.json"]  # this job's lock is not the user's
+            found = [e for e in layout.entries() if not (e == "_state/" and held)]
+            if found:
+                shown = ", ".join(found[:5]) + (f", ... ({len(found)} entries)" if len(found) > 5 else "")
+                raise NotARun(
+                    f"{layout.root} is not empty and holds no reelmill run (found: {shown}); --overwrite "
+                    "deletes only a run's own files: choose a new or empty directory"
+                )
     elif storage.exists(layout.spec):
         previous = json.loads(storage.read_bytes(layout.spec))
         if previous["inputs_fingerprint"] != spec["inputs_fingerprint"]:
@@ -138,7 +159,7 @@ def _guarded(stage: str, fallback=_quarantined_task):
     def wrap(fn):
         @functools.wraps(fn)
         def run(*args, **kwargs) -> dict:  # (row, ...) or, for an actor's method, (self, row)
-            started, started_unix = time.perf_counter(), time.time()
+            started, started_unix, io_before = time.perf_counter(), time.time(), storage.io_retries()
             try:
                 out = fn(*args, **kwargs)
             except Exception as exc:
@@ -146,7 +167,8 @@ def _guarded(stage: str, fallback=_quarantined_task):
                     raise TransientError(f"{stage}: {describe(exc)}") from exc
                 return fallback(args[-1], exc, stage)
             if isinstance(out.get("result"), TaskResult):
-                out["result"].clock(stage, started_unix, time.perf_counter() - started)
+                elapsed, retried = time.perf_counter() - started, storage.io_retries() - io_before
+                out["result"].clock(stage, started_unix, elapsed, retried)
             return out
 
         return run
@@ -244,7 +266,7 @@ def _unwritten(row: dict, exc: Exception, stage: str) -> dict:
 
 @_guarded("write", fallback=_unwritten)
 def _write_row(row: dict, out: str, cfg: CurateJobConfig, fingerprint: str) -> dict:
-    started, started_unix = time.perf_counter(), time.time()
+    started, started_unix, io_before = time.perf_counter(), time.time(), storage.io_retries()
     result = _live(row["result"])
     result.samples.clear()  # scored already; nothing downstream reads them
     extra = {}
@@ -255,9 +277,12 @@ def _write_row(row: dict, out: str, cfg: CurateJobConfig, fingerprint: str) -> d
             apply_to_clip(record, result.media[record.clip_id], outcome, cfg.captioning.on_failure)
         extra["captioning"] = pickle.loads(row["caption_stats"])
     summary = TaskWriter(out, cfg, fingerprint).run(result, extra)
-    result.clock("write", started_unix, time.perf_counter() - started)
-    # for run.json's timings only (the marker has been written): where the task's time went
-    timings = {"stage_s": result.stage_s, "started_unix": result.started_unix, "finished_unix": time.time()}
+    result.clock("write", started_unix, time.perf_counter() - started, storage.io_retries() - io_before)
+    # for run.json only (the marker has been written): where the task's time went, the I/O it retried
+    timings = {
+        "stage_s": result.stage_s, "started_unix": result.started_unix, "finished_unix": time.time(),
+        "io_retries": result.io_retries,
+    }  # fmt: skip
     return {"task_id": row["task_id"], "summary": json.dumps(summary | timings)}
 
 
@@ -479,11 +504,21 @@ def run_curate(
 
     `models` labels the run's model weights in run.json and the summary (the demo passes
     "random-weights" when it had to stand in tiny random models for missing ones).
+
+    The job holds OUT (`jobs.output_lock`) from before it changes anything there until run.json and
+    the report are written, so a second job on the same OUT stops before it starts Ray.
     """
+    storage.configure_from(cfg.io)  # before the lock and Ray: workers take the settings from the environment
+    with hold_output(output, "curate", cfg.lock, log):
+        return _run_curate(inputs, output, cfg, overwrite, num_cpus, log, models, limit, sample)
+
+
+def _run_curate(inputs, output, cfg, overwrite, num_cpus, log, models, limit, sample) -> dict:
     started, start_unix = time.perf_counter(), time.time()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     ffmpeg_tools.require_binaries()
     check_subset(sample, limit)
+    io_before = storage.io_retries()
     uris = [u for u in expand_inputs(inputs, cfg.input.extensions) if in_sample(u, sample or 1.0)][:limit]
     tasks = make_tasks(uris, cfg.input.videos_per_task)
     layout = OutputLayout(output)
@@ -496,9 +531,10 @@ def run_curate(
         "selection": {"sample": sample, "limit": limit},
     }
     prepare_output(layout, spec, overwrite)
-    before = layout.completed_markers()
-    done = {tid for tid, m in before.items() if finished(m, fingerprint)}
+    resume = trusted_markers(output, fingerprint, cfg.resume.verify)
+    done = set(resume.done)
     pending = [t for t in tasks if t.task_id not in done]
+    redone = log_redone("curate", resume.redo, {t.task_id for t in pending}, log)
     log(
         f"reelmill curate: {len(uris)} videos in {len(tasks)} tasks; {len(done)} done already, {len(pending)} to run"
     )
@@ -541,7 +577,7 @@ def run_curate(
 
     # the markers now: those read at the start that still stand, and the tasks run now (their summaries
     # are their markers' content), without listing and reading every marker again
-    markers = {tid: m for tid, m in before.items() if tid in done} | {s["task_id"]: s for s in fresh}
+    markers = resume.done | {s["task_id"]: s for s in fresh}
     counts = aggregate([markers[t.task_id] for t in tasks if t.task_id in markers] + list(lost.values()))
     seconds_now = sum(s["seconds_in"] for s in fresh)
     run = {
@@ -555,8 +591,17 @@ def run_curate(
         "config_fingerprint": fingerprint,
         "versions": versions(),
         "ray": ray_info,
-        "tasks": {"total": len(tasks), "run_now": len(fresh), "skipped_done": len(done), "failed": len(lost)},
+        "tasks": {
+            "total": len(tasks),
+            "run_now": len(fresh),
+            "skipped_done": len(done),
+            "failed": len(lost),
+            "redone": redone,
+        },  # fmt: skip
         "retries": count_attempts(output),
+        "io": io_report(
+            cfg.io, sum(s.get("io_retries", 0) for s in fresh) + storage.io_retries() - io_before
+        ),
         "counts": counts,
         "errors": error_summary(counts["videos"], counts["videos"] - counts["videos_ok"], counts),
         "scores": score_distributions(layout),

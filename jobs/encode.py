@@ -46,6 +46,7 @@ from curation.inputs import Task, expand_input_shards, make_tasks
 from curation.layout import OutputLayout
 from curation.quarantine import INTERNAL_ERROR, internal_error_row
 from curation.record_check import check_record_json
+from curation.resume import log_redone, trusted_markers
 from curation.safe_tar import TOO_LARGE
 from curation.shards import (
     TaskShardWriter,
@@ -56,10 +57,11 @@ from curation.shards import (
     shard_failure,
     video_member,
 )
-from curation.writer import clear_task, parquet_bytes
+from curation.writer import clear_task, parquet_bytes, shard_outputs, write_output
 from jobs.curate import prepare_output
 from jobs.job_configs import NOT_IN_FINGERPRINT, EncodeConfig
-from jobs.outcomes import error_summary, failure_note, finished, lost_tasks
+from jobs.outcomes import error_summary, failure_note, io_report, lost_tasks
+from jobs.output_lock import hold_output
 from jobs.progress import TaskProgress, tally
 from jobs.ray_runtime import (
     actor_retry_args,
@@ -169,18 +171,19 @@ def _read_task(row: dict, cfg: EncodeConfig):
 def _read_chunks(row: dict, cfg: EncodeConfig):
     task: Task = pickle.loads(row["task"])
     size, io = cfg.shards.clips_per_shard, cfg.io
-    skipped, chunk, index = [], [], 0
+    skipped, chunk, index, io_before = [], [], 0, storage.io_retries()
 
     def emit(last: bool):
-        nonlocal skipped, chunk, index
+        nonlocal skipped, chunk, index, io_before
         out = {
             "task_id": task.task_id,
             "chunk": index,
             "last": last,
             "clips": pickle.dumps(chunk),
             "skipped": pickle.dumps(skipped),
+            "io_retries": storage.io_retries() - io_before,  # since the chunk before
         }
-        skipped, chunk, index = [], [], index + 1
+        skipped, chunk, index, io_before = [], [], index + 1, storage.io_retries()
         return out
 
     for uri in task.uris:
@@ -321,6 +324,7 @@ def _write_chunk(row: dict, out: str, cfg: EncodeConfig) -> dict:
 
 
 def _write_chunk_files(row: dict, out: str, cfg: EncodeConfig) -> dict:
+    io_before = storage.io_retries()
     layout = OutputLayout(out)
     task_id, chunk = int(row["task_id"]), int(row["chunk"])
     encoded, skipped = pickle.loads(row["encoded"]), pickle.loads(row["skipped"])
@@ -347,8 +351,9 @@ def _write_chunk_files(row: dict, out: str, cfg: EncodeConfig) -> dict:
                 }
             )
     rows += [s | {"task_id": task_id, "shard": None} for s in skipped]
+    outputs = shard_outputs(layout, writer)
     part = storage.join(layout.samples_manifest, f"task-{task_id:06d}-{chunk:03d}.parquet")
-    storage.write_bytes(part, parquet_bytes(rows, SAMPLE_SCHEMA))
+    write_output(layout, outputs, part, parquet_bytes(rows, SAMPLE_SCHEMA))
     reasons = Counter(r["reason"].split(":")[0] for r in rows if r["status"] != "ok")
     summary = {
         "written": sum(r["status"] == "ok" for r in rows),
@@ -356,14 +361,19 @@ def _write_chunk_files(row: dict, out: str, cfg: EncodeConfig) -> dict:
         "shards": writer.written,
         "internal_errors": reasons[INTERNAL_ERROR],
         "invalid_records": sum(bool(r.get("invalid_record")) for r in rows),
+        "outputs": outputs,
     }
-    return {"task_id": task_id, "chunk": chunk, "last": bool(row["last"]), "summary": json.dumps(summary)}
+    return {
+        "task_id": task_id, "chunk": chunk, "last": bool(row["last"]), "summary": json.dumps(summary),
+        "io_retries": int(row["io_retries"]) + storage.io_retries() - io_before,  # for run.json
+    }  # fmt: skip
 
 
 def _merge(into: dict, summary: dict) -> dict:
     into["written"] = into.get("written", 0) + summary["written"]
     into["skipped"] = dict(Counter(into.get("skipped", {})) + Counter(summary["skipped"]))
     into["shards"] = into.get("shards", []) + summary["shards"]
+    into["outputs"] = into.get("outputs", {}) | summary.get("outputs", {})
     for key in ("internal_errors", "invalid_records"):  # markers written before these counts have none
         into[key] = into.get(key, 0) + summary.get(key, 0)
     return into
@@ -386,10 +396,21 @@ def run_encode(
     log=print,
     models: str | None = None,
 ) -> dict:
-    """Run the whole encode job; returns what it writes to run.json."""
+    """Run the whole encode job; returns what it writes to run.json.
+
+    The job holds OUT (`jobs.output_lock`) from before it changes anything there until run.json is
+    written, so a second job on the same OUT stops before it starts Ray.
+    """
+    storage.configure_from(cfg.io)  # before the lock and Ray: workers take the settings from the environment
+    with hold_output(output, "encode", cfg.lock, log):
+        return _run_encode(inputs, output, cfg, overwrite, num_cpus, log, models)
+
+
+def _run_encode(inputs, output, cfg, overwrite, num_cpus, log, models) -> dict:
     started = time.perf_counter()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     ffmpeg_tools.require_binaries()
+    io_before = storage.io_retries()
     uris = expand_input_shards(inputs, output)
     layout = OutputLayout(output)
     tasks = make_tasks(uris, cfg.input.shards_per_task)
@@ -401,8 +422,10 @@ def run_encode(
         "num_inputs": len(uris),
     }
     prepare_output(layout, spec, overwrite)
-    done = {tid for tid, m in layout.completed_markers().items() if finished(m, fingerprint)}
+    resume = trusted_markers(output, fingerprint, cfg.resume.verify)
+    done = set(resume.done)
     pending = [t for t in tasks if t.task_id not in done]
+    redone = log_redone("encode", resume.redo, {t.task_id for t in pending}, log)
     log(
         f"reelmill encode: {len(uris)} shards in {len(tasks)} tasks; {len(done)} done already, "
         f"{len(pending)} to run"
@@ -417,6 +440,7 @@ def run_encode(
         if uri.rsplit("/", 1)[-1][:12] in redo:
             storage.delete(uri)
     fresh: dict[int, dict] = {}
+    io_retried = 0  # by the tasks: the driver's own are counted at the end
     with ray_session(num_cpus) as ray_info:
         # fail before any work when a model is missing (their configs name the key to set)
         latent_channels, text_dim = run_where_files_are_read(encoder_dims, cfg, session=ray_info)
@@ -460,6 +484,7 @@ def run_encode(
             with progress, native_notices_hidden():
                 for row in ds.iter_rows():  # a row per written chunk; a task is done with its last
                     task_id = int(row["task_id"])
+                    io_retried += int(row["io_retries"])
                     chunks.setdefault(task_id, []).append(row)
                     rows = chunks[task_id]
                     last = next((r for r in rows if r["last"]), None)
@@ -475,7 +500,7 @@ def run_encode(
                         progress.task_done(summary)
     wall = time.perf_counter() - started
     lost = lost_tasks(pending, set(fresh))
-    markers = layout.completed_markers()
+    markers = resume.done | fresh
     total: dict = {}
     for t in tasks:
         if t.task_id in markers:
@@ -501,13 +526,20 @@ def run_encode(
         "config_fingerprint": fingerprint,
         "versions": versions(("torch", "diffusers", "transformers")),
         "ray": ray_info,
-        "tasks": {"total": len(tasks), "run_now": len(fresh), "skipped_done": len(done), "failed": len(lost)},
+        "tasks": {
+            "total": len(tasks),
+            "run_now": len(fresh),
+            "skipped_done": len(done),
+            "failed": len(lost),
+            "redone": redone,
+        },  # fmt: skip
         "counts": counts,
         "errors": error_summary(
             counts["written"] + sum(counts["skipped"].values()) + counts["transient_exhausted"],
             skipped_for_errors + counts["transient_exhausted"],
             counts,
         ),
+        "io": io_report(cfg.io, io_retried + storage.io_retries() - io_before),
         "latent": {"channels": latent_channels, "text_dim": text_dim},
         "timings": {"wall_s": wall, "clips_per_s": sum(s["written"] for s in fresh.values()) / wall},
         "models": models or "pretrained",

@@ -1,7 +1,8 @@
 """What a job's run.json and summary line say about items that failed, the same in every job.
 
 `errors` (items, in error, their share, internal errors, items to retry) is what `--max-error-fraction`
-is checked against; a task's marker with items to retry does not let a rerun skip the task.
+is checked against; a task's marker with items to retry does not let a rerun skip the task
+(`curation.resume.finished`).
 """
 
 from __future__ import annotations
@@ -31,12 +32,18 @@ def error_summary(items: int, in_error: int, counts: dict) -> dict:
     }
 
 
-def finished(marker: dict, fingerprint: str) -> bool:
-    """Whether a task's marker lets a rerun skip it: made under this config, with nothing left to retry."""
-    return marker.get("run_fingerprint") == fingerprint and not marker.get("transient_exhausted")
-
-
 def lost_tasks(pending: list, returned: set[int]) -> list:
     """The pending tasks that came back from the pipeline with nothing (their retries spent): they keep
     no marker, so a rerun runs them again."""
     return [t for t in pending if t.task_id not in returned]
+
+
+def io_report(io_cfg, retries: int) -> dict:
+    """run.json's `io`: remote operations retried in this run (every task's and the driver's), and the
+    limits they ran under (`io.*` in the config)."""
+    return {
+        "retries": retries,
+        "request_timeout_s": io_cfg.request_timeout_s,
+        "connect_timeout_s": io_cfg.connect_timeout_s,
+        "attempts": io_cfg.attempts,
+    }

@@ -46,6 +46,7 @@ from curation.layout import OutputLayout
 from curation.quarantine import INTERNAL_ERROR, internal_error_row, is_transient, retry_transient
 from curation.record import RECAPTION_SCHEMA, SHARD_SCHEMA, flatten_record
 from curation.record_check import check_record_json
+from curation.resume import log_redone, trusted_markers
 from curation.safe_tar import TOO_LARGE
 from curation.shards import (
     TaskShardWriter,
@@ -57,11 +58,12 @@ from curation.shards import (
     shard_failure,
     video_member,
 )
-from curation.writer import clear_task, parquet_bytes
+from curation.writer import clear_task, parquet_bytes, shard_outputs, write_output
 from jobs.captioning_stage import add_caption_actors, caption_report, check_captioning
 from jobs.curate import prepare_output
 from jobs.job_configs import NOT_IN_FINGERPRINT, RecaptionConfig
-from jobs.outcomes import error_summary, failure_note, finished, lost_tasks
+from jobs.outcomes import error_summary, failure_note, io_report, lost_tasks
+from jobs.output_lock import hold_output
 from jobs.progress import TaskProgress, tally
 from jobs.ray_runtime import (
     actor_retry_args,
@@ -167,6 +169,7 @@ def _read_row(row: dict, cfg: RecaptionConfig, quotas: dict, fraction: float, se
 
 
 def _read_task(row: dict, cfg: RecaptionConfig, quotas: dict, fraction: float, seed: int) -> dict:
+    io_before = storage.io_retries()
     task: Task = pickle.loads(row["task"])
     prep = CaptionPrep(cfg.captioning)
     shard_rows, samples, prepared, failed = [], [], [], []
@@ -182,6 +185,7 @@ def _read_task(row: dict, cfg: RecaptionConfig, quotas: dict, fraction: float, s
         "shards": pickle.dumps(shard_rows),
         "prepared": pickle.dumps(prepared),
         "failed": pickle.dumps(failed),
+        "io_retries": storage.io_retries() - io_before,
     }
 
 
@@ -323,6 +327,7 @@ def _write_row(row: dict, out: str, cfg: RecaptionConfig, fingerprint: str) -> d
 
 
 def _write_task(row: dict, out: str, cfg: RecaptionConfig, fingerprint: str) -> dict:
+    io_before = storage.io_retries()
     layout = OutputLayout(out)
     samples = pickle.loads(row["samples"])
     outcomes = {o.key: o for o in pickle.loads(row["outcomes"])}
@@ -345,17 +350,25 @@ def _write_task(row: dict, out: str, cfg: RecaptionConfig, fingerprint: str) -> 
     shard_rows = pickle.loads(row["shards"])
     for info in shard_rows:
         info["captioned"], info["failed"] = results[info["uri"]]["captioned"], results[info["uri"]]["failed"]
+    outputs = shard_outputs(layout, writers.kept) | (
+        shard_outputs(layout, writers.dropped) if writers.dropped else {}
+    )
     for directory, table_rows, schema in (
         (layout.shards_manifest, shard_rows, SHARD_SCHEMA),
         (layout.clips_manifest, rows, RECAPTION_SCHEMA),
     ):
-        storage.write_bytes(layout.manifest_part(directory, task_id), parquet_bytes(table_rows, schema))
+        write_output(
+            layout, outputs, layout.manifest_part(directory, task_id), parquet_bytes(table_rows, schema)
+        )
     summary = _summary(task_id, shard_rows, rows, len(samples), pickle.loads(row["caption_stats"]))
     summary["shards"] = writers.kept.written
+    summary["outputs"] = outputs
+    # the marker comes last, naming every file above with its size and checksum (`curation.resume`)
     storage.write_bytes(
         layout.marker(task_id), json.dumps({**summary, "run_fingerprint": fingerprint}).encode()
     )
-    return {"task_id": task_id, "summary": json.dumps(summary)}
+    retried = row["io_retries"] + storage.io_retries() - io_before  # for run.json: not the marker's
+    return {"task_id": task_id, "summary": json.dumps(summary | {"io_retries": retried})}
 
 
 def _summary(task_id: int, shard_rows: list[dict], rows: list[dict], selected: int, stats: dict) -> dict:
@@ -411,7 +424,16 @@ def run_recaption(
 
     `limit` captions only the first N selected samples, `sample` a deterministic fraction of the
     samples (by key); only those are written, so a subset can be looked at before the full run.
+
+    The job holds OUT (`jobs.output_lock`) from before it changes anything there until run.json and
+    the report are written, so a second job on the same OUT stops before it starts Ray.
     """
+    storage.configure_from(cfg.io)  # before the lock and Ray: workers take the settings from the environment
+    with hold_output(output, "recaption", cfg.lock, log):
+        return _run_recaption(inputs, output, cfg, overwrite, num_cpus, limit, sample, log, models)
+
+
+def _run_recaption(inputs, output, cfg, overwrite, num_cpus, limit, sample, log, models) -> dict:
     started = time.perf_counter()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     ffmpeg_tools.require_binaries()
@@ -420,6 +442,7 @@ def run_recaption(
         raise config_lib.ConfigError(
             "captioning.enabled: recaption needs captioning; it cannot be false here"
         )
+    io_before = storage.io_retries()
     uris = expand_input_shards(inputs, output)
     layout = OutputLayout(output)
     fraction, seed = sample or 1.0, cfg.captioning.vlm.seed
@@ -436,8 +459,10 @@ def run_recaption(
     prepare_output(layout, spec, overwrite)
     quotas, damaged = plan_quotas(uris, limit, fraction, seed, cfg.io.allow_compressed)
     tasks = [t for t in tasks if any(quotas[u] != 0 or u in damaged for u in t.uris)]
-    done = {tid for tid, m in layout.completed_markers().items() if finished(m, fingerprint)}
+    resume = trusted_markers(output, fingerprint, cfg.resume.verify)
+    done = set(resume.done)
     pending = [t for t in tasks if t.task_id not in done]
+    redone = log_redone("recaption", resume.redo, {t.task_id for t in pending}, log)
     log(
         f"reelmill recaption: {len(uris)} shards in {len(tasks)} tasks; {len(done)} done already, "
         f"{len(pending)} to run"
@@ -473,7 +498,7 @@ def run_recaption(
                     progress.task_done(fresh[-1])
     wall = time.perf_counter() - started
     lost = lost_tasks(pending, {s["task_id"] for s in fresh})
-    markers = layout.completed_markers()
+    markers = resume.done | {s["task_id"]: s for s in fresh}
     summaries = [markers[t.task_id] for t in tasks if t.task_id in markers]
     counts = aggregate(summaries)
     counts["transient_exhausted"] = sum(len(t.uris) for t in lost)
@@ -490,7 +515,13 @@ def run_recaption(
         "selection": selection,
         "versions": versions(),
         "ray": ray_info,
-        "tasks": {"total": len(tasks), "run_now": len(fresh), "skipped_done": len(done), "failed": len(lost)},
+        "tasks": {
+            "total": len(tasks),
+            "run_now": len(fresh),
+            "skipped_done": len(done),
+            "failed": len(lost),
+            "redone": redone,
+        },  # fmt: skip
         "counts": counts,
         "errors": error_summary(
             counts["shards_in"] + counts["transient_exhausted"],
@@ -499,6 +530,9 @@ def run_recaption(
         ),
         "captioning": caption_report(
             cfg.captioning, [s["captioning"] for s in summaries], [s["captioning"] for s in fresh], wall
+        ),
+        "io": io_report(
+            cfg.io, sum(s.get("io_retries", 0) for s in fresh) + storage.io_retries() - io_before
         ),
         "timings": {"wall_s": wall},
         "models": models or "pretrained",

@@ -246,14 +246,17 @@ def build_report(root: str, cfg: ReportConfig, compare: str | None = None, log=p
             json.dump(report, f, indent=1, allow_nan=False)
         with open(os.path.join(tmp, "index.html"), "w") as f:
             f.write(render_page(report))
-        _publish(tmp, run.layout.report)
+        _publish(tmp, run.layout)
     log(f"reelmill report: {storage.join(run.layout.report, 'index.html')}")
     return report
 
 
-def _publish(local_dir: str, target: str) -> None:
-    """Replace `target` (local or remote) with the files of `local_dir`."""
-    storage.delete_dir(target)
+def _publish(local_dir: str, layout) -> None:
+    """Replace the report under OUT/report/ (local or remote) with the files of `local_dir`: the previous
+    report's own files go (`OutputLayout.OWNED`), anything else a user keeps in report/ stays."""
+    for uri in layout.owned_files(under="report"):
+        storage.delete(uri)
+    target = layout.report
     for folder, _, names in os.walk(local_dir):
         for name in names:
             local = os.path.join(folder, name)
