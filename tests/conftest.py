@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import subprocess
 import sys
@@ -395,3 +397,21 @@ def s3_server():
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+@contextlib.contextmanager
+def full_tmpfs(mount: Path, room: str = "16K"):
+    """A 64 MB tmpfs at `mount` filled to all but `room` (`truncate` sizes; "0" leaves none): a real full
+    disk (ENOSPC) for the writes that land there. Needs root, as this machine's tests and CI run.
+    Yields the filler file (shrink it to make room)."""
+    mount.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], check=True)
+    filler = mount / "filler"
+    try:
+        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)
+        if room != "0":
+            subprocess.run(["truncate", "-s", f"-{room}", str(filler)], check=True)
+        yield filler
+    finally:
+        gc.collect()  # a failed write's file objects, held by its traceback's cycle, let go of the mount
+        subprocess.run(["umount", str(mount)], check=True)

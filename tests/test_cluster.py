@@ -8,6 +8,7 @@ the machine. Ray 2.60 enables token authentication, so every node and client get
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import os
@@ -205,3 +206,28 @@ def test_curate_loses_nothing_when_a_node_dies_mid_run(cluster, corpus, tmp_path
     assert clip_keys(out) == clip_keys(clean) and len(clip_keys(clean)) >= 12
     shards = {p.name for p in (out / "shards").glob("*.tar")}
     assert shards == {p.name for p in (clean / "shards").glob("*.tar")}
+
+
+def test_a_job_on_the_cluster_passes_its_io_settings_to_the_workers(cluster):
+    """Workers on a cluster are started by raylets that never saw the driver's environment: the io
+    settings reach them only through the runtime_env the job joins with."""
+    driver = (
+        "import os, ray\n"
+        "from curation import storage\n"
+        "from jobs.ray_runtime import ray_session\n"
+        "storage.configure(attempts=7, request_timeout_s=12.5)\n"
+        "@ray.remote\n"
+        "def settings():\n"
+        "    from curation import storage\n"
+        "    return os.environ.get('REELMILL_IO_ATTEMPTS'), storage.io_settings()\n"
+        "with ray_session(log=lambda line: None):\n"
+        "    print(ray.get(settings.remote()))\n"
+    )
+    done = subprocess.run(
+        [cluster.python, "-c", driver], env={**cluster.env, "RAY_ADDRESS": cluster.address},
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    env_value, settings = ast.literal_eval(done.stdout.strip().splitlines()[-1])
+    assert env_value == "7"
+    assert settings["attempts"] == 7 and settings["request_timeout_s"] == 12.5

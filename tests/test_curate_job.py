@@ -125,9 +125,14 @@ def test_overwrite_starts_over(ray_local, inputs, tmp_path):
     assert result["counts"]["clips_kept"] == len(shard_samples(OutputLayout(str(out)))) == 2
 
 
+STALE_S = 4.0
+"""`lock.stale_s` of the runs killed here: their rerun waits that long for the dead job's lock to go stale."""
+
+
 def _curate_cmd(inputs_dir, out) -> list[str]:
     cmd = [REELMILL, "curate", "--input", str(inputs_dir), "--output", str(out), "--videos-per-task", "1"]
-    return [*cmd, "--num-cpus", "2", *[arg for o in NO_MODEL for arg in ("--set", o)]]
+    sets = [*NO_MODEL, f"lock.stale_s={STALE_S}", "lock.heartbeat_s=1"]
+    return [*cmd, "--num-cpus", "2", *[arg for o in sets for arg in ("--set", o)]]
 
 
 def test_resume_after_sigkill_matches_a_clean_run(tmp_path):
@@ -154,8 +159,12 @@ def test_resume_after_sigkill_matches_a_clean_run(tmp_path):
     done_at_kill = len(list(markers.iterdir()))
     assert 1 <= done_at_kill < 6, "the kill must land mid-run"
 
+    time.sleep(STALE_S)  # the killed job's lock is taken over once its heartbeat is this old
+    # a worker outlives the kill by a moment, and the write it was in finishes (complete, and trusted)
+    done_at_rerun = len(list(markers.iterdir()))
+    assert done_at_rerun < 6
     resumed = subprocess.run(_curate_cmd(videos, crashed), check=True, capture_output=True, text=True)
-    assert f"{done_at_kill} done already" in resumed.stdout
+    assert "taking over" in resumed.stdout and f"{done_at_rerun} done already" in resumed.stdout
     clean_keys = set(shard_samples(OutputLayout(str(clean))))
     assert set(shard_samples(OutputLayout(str(crashed)))) == clean_keys
     leftovers = [p for p in crashed.rglob("*") if ".tmp-" in p.name]

@@ -9,7 +9,6 @@ import errno
 import gzip
 import io
 import json
-import os
 import pickle
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from conftest import caption_overrides
+from conftest import caption_overrides, full_tmpfs
 from curation import config
 from curation.layout import OutputLayout
 from curation.quarantine import TransientError
@@ -351,7 +350,7 @@ def test_safe_keys_are_stable_distinct_and_leave_safe_keys_alone():
 
 
 def test_transient_failures_are_raised_for_a_retry_not_recorded(tmp_path):
-    """A full disk (a real ENOSPC: /dev/full) while writing, and a timed-out read, end the task as a
+    """A full disk (a real ENOSPC: a full tmpfs) while writing, and a timed-out read, end the task as a
     TransientError, which Ray Data retries; no row, no manifest part and no marker are left."""
     with pytest.raises(TransientError):
         shard_failure(TimeoutError("read timed out"), "read")
@@ -359,9 +358,14 @@ def test_transient_failures_are_raised_for_a_retry_not_recorded(tmp_path):
         shard_failure(FileNotFoundError(errno.ENOENT, "no such shard"), "read")["error_code"] == "unreadable"
     )
 
-    out = tmp_path / "encode"
+    full = tmp_path / "full"
+    with full_tmpfs(full, room="0"):
+        _writes_to_a_full_disk_are_transient(full)
+
+
+def _writes_to_a_full_disk_are_transient(full):
+    out = full / "encode"
     (out / "shards").mkdir(parents=True)
-    os.symlink("/dev/full", out / "shards" / f"shard-000000-000.tar.tmp-{os.getpid()}")
     sample = {
         "key": "k", "input_shard": "in.tar", "record": {}, "variants": ["a caption"], "invalid": [],
         "latent": np.zeros((4, 2, 2, 2), np.float16), "text": np.zeros((1, 1, 8), np.float16),
@@ -373,22 +377,25 @@ def test_transient_failures_are_raised_for_a_retry_not_recorded(tmp_path):
         "last": True,
         "encoded": pickle.dumps([sample]),
         "skipped": pickle.dumps([]),
+        "io_retries": 0,
     }
     cfg = config.load(EncodeConfig, "encode", "default", [])
     with pytest.raises(TransientError, match="No space left"):
         _write_chunk(row, str(out), cfg)
     assert not list(out.rglob("*.parquet")) and not list(out.rglob("*.tar"))
 
-    out = tmp_path / "recaption"
+    out = full / "recaption"
     (out / "manifest" / "shards").mkdir(parents=True)
-    os.symlink("/dev/full", out / "manifest" / "shards" / f"task-000000.parquet.tmp-{os.getpid()}")
     row = {
         "task_id": 0,
         "samples": pickle.dumps([("in.tar", {"__key__": "k", "txt": b"a caption"})]),
         "shards": pickle.dumps([{"uri": "in.tar", "task_id": 0, "status": "ok", "samples": 1}]),
         "outcomes": pickle.dumps([]),
         "caption_stats": pickle.dumps({"captioned": 0, "failed": {}}),
+        "io_retries": 0,
     }
     with pytest.raises(TransientError, match="No space left"):
         _write_row(row, str(out), config.load(RecaptionConfig, "recaption", "default", []), "fingerprint")
-    assert not list(out.rglob("*.parquet")) and not (out / "_markers").exists()
+    assert (
+        not list(out.rglob("*.parquet")) and not list(out.rglob("*.tar")) and not (out / "_markers").exists()
+    )

@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import make_bad_inputs
+from conftest import full_tmpfs, make_bad_inputs
 from curation.inputs import Task
 from curation.layout import OutputLayout
 from curation.quarantine import TransientError
@@ -210,24 +210,17 @@ def test_a_task_whose_retries_are_spent_is_recorded_and_a_rerun_completes(tmp_pa
         "run_now": 1,
         "skipped_done": 1,
         "failed": 0,
+        "redone": {},
     }
     assert shard_keys(out) == clean_keys
 
 
 @pytest.fixture
 def full_scratch(tmp_path):
-    """A 64 MB tmpfs filled to all but 16 KB (this machine's tests run as root, as CI does): room for
-    Python's check that TMPDIR is writable, none for a clip."""
+    """Room for Python's check that TMPDIR is writable, none for a clip."""
     mount = tmp_path / "scratch"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], check=True)
-    filler = mount / "filler"
-    try:
-        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)
-        subprocess.run(["truncate", "-s", "-16K", str(filler)], check=True)
+    with full_tmpfs(mount) as filler:
         yield mount, filler
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 def test_a_full_scratch_disk_is_transient_and_a_rerun_completes(

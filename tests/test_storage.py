@@ -296,27 +296,3 @@ def test_configure_exports_the_settings_to_processes_started_after(settings_rest
         "attempts": 2,
         "backoff_s": 1,
     }
-
-
-def test_a_cluster_session_passes_the_settings_to_its_workers(settings_restored, monkeypatch):
-    import ray
-
-    from jobs import ray_runtime
-
-    class Joined(Exception):
-        pass
-
-    def init(**kwargs):
-        raise Joined(kwargs)
-
-    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", init)
-    monkeypatch.setattr(ray_runtime.OPTIONS, "runtime_env", {"env_vars": {"REELMILL_IO_ATTEMPTS": "9"}})
-    storage.configure(attempts=3, backoff_s=2)
-    with pytest.raises(Joined) as joined, ray_runtime.ray_session():
-        pass
-    env_vars = joined.value.args[0]["runtime_env"]["env_vars"]
-    assert env_vars["REELMILL_IO_ATTEMPTS"] == "9"  # the user's own value wins
-    assert env_vars["REELMILL_IO_BACKOFF_S"] == "2.0"
-    assert env_vars["REELMILL_IO_REQUEST_TIMEOUT_S"] == os.environ["REELMILL_IO_REQUEST_TIMEOUT_S"]
