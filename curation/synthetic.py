@@ -44,9 +44,23 @@ class Shot:
         return f"{base},hue=h={self.hue:g}" if self.hue else base
 
 
+XFADES = ("fade", "fadeblack", "fadewhite", "dissolve", "wipeleft", "slideup")
+"""Gradual transitions of ffmpeg's `xfade` filter that the tests and the shot benchmark use."""
+
+
+@dataclass(frozen=True)
+class Join:
+    """How a shot follows the one before it: a hard `cut`, or an `xfade` transition (`fade`, `dissolve`,
+    `wipeleft`, ...) whose `frames` blend the end of one shot into the start of the next."""
+
+    kind: str = "cut"
+    frames: int = 0
+
+
 @dataclass
 class VideoSpec:
-    """A synthetic video: shots at one size and rate, encoded with the given codec options."""
+    """A synthetic video: shots at one size and rate, encoded with the given codec options, joined by
+    hard cuts or (`joins`, one per shot after the first) by ffmpeg's xfade transitions."""
 
     shots: list[Shot]
     width: int = 320
@@ -55,19 +69,34 @@ class VideoSpec:
     vcodec: str = "libx264"
     pix_fmt: str = "yuv420p"
     output_options: dict = field(default_factory=dict)
+    joins: list[Join] | None = None
+
+    def _joins(self) -> list[Join]:
+        return self.joins if self.joins is not None else [Join()] * (len(self.shots) - 1)
 
     @property
-    def boundaries(self) -> list[int]:
-        """Frame index of the first frame of every shot after the first."""
-        out, total = [], 0
-        for shot in self.shots[:-1]:
-            total += shot.frames
-            out.append(total)
+    def transitions(self) -> list[tuple[int, int, str]]:
+        """`(start, end, kind)` of every join in output frames, as built: a cut's `start == end` is the
+        first frame of the next shot; an xfade's `[start, end)` are its blended frames (`gradual`): from
+        its offset `a` over `d` frames, frame `a` is still all the old shot (progress 0), frames `a+1` to
+        `a+d-1` blend, frame `a+d` is the new shot's."""
+        out, total = [], self.shots[0].frames
+        for join, shot in zip(self._joins(), self.shots[1:], strict=True):
+            if join.kind == "cut":
+                out.append((total, total, "cut"))
+            else:
+                out.append((total - join.frames + 1, total, "gradual"))
+            total += shot.frames - (0 if join.kind == "cut" else join.frames)
         return out
 
     @property
+    def boundaries(self) -> list[int]:
+        """Frame index of the first frame of every shot after the first (after a transition's frames)."""
+        return [end for _, end, _ in self.transitions]
+
+    @property
     def num_frames(self) -> int:
-        return sum(s.frames for s in self.shots)
+        return sum(s.frames for s in self.shots) - sum(j.frames for j in self._joins() if j.kind != "cut")
 
 
 def shot_list(durations_frames: list[int], cycle: tuple[str, ...] = MOVING_CYCLE) -> list[Shot]:
@@ -94,10 +123,39 @@ def make_video(path: str | Path, spec: VideoSpec, timeout_s: float = 600) -> Pat
         .filter("format", spec.pix_fmt)
         for shot in spec.shots
     ]
-    video = ffmpeg.concat(*parts, v=1, a=0) if len(parts) > 1 else parts[0]
+    if spec.joins is None or all(j.kind == "cut" for j in spec.joins):
+        video = ffmpeg.concat(*parts, v=1, a=0) if len(parts) > 1 else parts[0]
+    else:
+        video = _joined(parts, spec)
     options = {"vcodec": spec.vcodec, "pix_fmt": spec.pix_fmt, "r": spec.fps, **spec.output_options}
     ffmpeg_tools.run_stream(ffmpeg.output(video, str(path), **options), timeout_s)
     return path
+
+
+def _joined(parts: list, spec: VideoSpec):
+    """Shots joined one after another by a cut (concat) or an xfade whose offset is where the shots so
+    far end, less its own length: the blended frames are exactly the ones `VideoSpec.transitions` names."""
+    fps = _rate(spec.fps)
+    num, _, den = spec.fps.partition("/")
+    timebase = f"{den or 1}/{num}"  # xfade wants one timebase on both inputs; concat changes it
+    parts = [part.filter("settb", timebase) for part in parts]
+    video, total = parts[0], spec.shots[0].frames
+    for join, part, shot in zip(spec._joins(), parts[1:], spec.shots[1:], strict=True):
+        if join.kind == "cut":
+            video = ffmpeg.concat(video, part, v=1, a=0).filter("settb", timebase)
+            total += shot.frames
+            continue
+        offset = (total - join.frames) / fps
+        video = ffmpeg.filter(
+            [video, part], "xfade", transition=join.kind, duration=join.frames / fps, offset=offset
+        )
+        total += shot.frames - join.frames
+    return video
+
+
+def _rate(rate: str) -> float:
+    num, _, den = rate.partition("/")
+    return float(num) / float(den or 1)
 
 
 def with_rotation(source: str | Path, path: str | Path, degrees: int) -> Path:
