@@ -112,9 +112,14 @@ class ProbeConfig:
 
 @dataclass
 class SceneConfig:
-    """Shot boundary detection with PySceneDetect on downscaled frames."""
+    """Shot boundary detection on downscaled frames: PySceneDetect, TransNetV2, or both."""
 
-    detector: Literal["adaptive", "content"] = "adaptive"
+    detector: Literal["adaptive", "content", "transnetv2", "hybrid"] = "adaptive"
+    """adaptive | content: PySceneDetect, hard cuts only (a dissolve becomes one cut somewhere inside it).
+    transnetv2: the TransNetV2 network (`curation/transnet.py`): hard cuts, and gradual transitions as
+    frame spans that no clip may overlap (fades and dissolves; it does not see wipes and slides between
+    test patterns). hybrid: PySceneDetect's adaptive detector for hard cuts plus TransNetV2's gradual
+    spans."""
     width: int = 256
     """Frames are scaled to this width for detection (PySceneDetect's own default downscale target)."""
     min_shot_frames: int = 2
@@ -124,6 +129,30 @@ class SceneConfig:
     adaptive_window: int = 2
     min_content_val: float = 15.0
     content_threshold: float = 27.0
+    transnet_threshold: float = 0.5
+    """TransNetV2: a frame is a transition when a head's probability exceeds this (the model's own
+    default). Hard cuts are placed where the single-frame head passes it."""
+    transnet_span_threshold: float = 0.2
+    """TransNetV2: a gradual transition spans the frames where either head exceeds this. On 24 fades,
+    dissolves and fades through black or white of 0.5-1.5 s (random pairs of test patterns), at 0.2 no
+    more than 0.04 s of a blend was left outside its span, at 0.3 0.08 s, at 0.5 up to 0.68 s (and
+    some blends came out as cuts); 0.1 leaves none out but takes a third more frames from the shots."""
+    transnet_min_gradual_frames: int = 6
+    """TransNetV2: a transition region this long or longer is gradual; a shorter one holds hard cuts.
+    Measured above `transnet_span_threshold`: a hard cut 1-3 frames, a 2- or 3-frame shot between two
+    cuts up to 5, a 0.5 s blend at 25 fps 11 or more."""
+    transnet_merge_frames: int = 10
+    """TransNetV2: transition regions this close together are one transition if one is gradual: a fade
+    through black or white reads as two regions up to 6 frames apart (merging none of them leaves up to
+    0.44 s of the fade in shots); a cut this close to a gradual span becomes part of it."""
+    transnet_batch: int | None = None
+    """TransNetV2 windows (100 frames each, 50 new) per forward pass; None: 8 on a GPU, where batches pay
+    off, and 1 on a CPU, where one window per pass was fastest (2 threads: about 130 frames/s at 1, 70
+    at 8, and 5x the memory)."""
+    transnet_device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: cuda when torch sees a GPU, else cpu."""
+    num_gpus: float = 0.0
+    """GPUs reserved for each split task (for transnetv2/hybrid on cuda); 0 runs on CPUs only."""
     fast_decode: bool = True
     """Skip the H.264/HEVC loop filter while decoding for detection: much cheaper, same cuts at 256 px."""
     min_decoded_fraction: float = 0.9
@@ -134,6 +163,18 @@ class SceneConfig:
         check(self.width >= 32, "scenes.width", "must be >= 32")
         check(self.min_shot_frames >= 1, "scenes.min_shot_frames", "must be >= 1")
         check(self.adaptive_window >= 1, "scenes.adaptive_window", "must be >= 1")
+        check(0 < self.transnet_threshold < 1, "scenes.transnet_threshold", "must be in (0, 1)")
+        check(
+            0 < self.transnet_span_threshold <= self.transnet_threshold,
+            "scenes.transnet_span_threshold",
+            "must be in (0, scenes.transnet_threshold]",
+        )
+        check(self.transnet_min_gradual_frames >= 2, "scenes.transnet_min_gradual_frames", "must be >= 2")
+        check(self.transnet_merge_frames >= 1, "scenes.transnet_merge_frames", "must be >= 1")
+        check(
+            self.transnet_batch is None or self.transnet_batch >= 1, "scenes.transnet_batch", "must be >= 1"
+        )
+        check(self.num_gpus >= 0, "scenes.num_gpus", "must be >= 0")
         check(0 < self.min_decoded_fraction <= 1, "scenes.min_decoded_fraction", "must be in (0, 1]")
 
 

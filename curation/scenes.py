@@ -1,9 +1,12 @@
-"""Shot boundary detection: ffmpeg decodes and downscales, PySceneDetect finds the cuts.
+"""Shot boundary detection: ffmpeg decodes and downscales, a detector finds the transitions.
 
 ffmpeg does the expensive part (decode, scale, colour conversion) in C and hands small BGR frames
-to PySceneDetect's detector through a pipe, one frame at a time, so memory stays flat however long
-the video is. Frame numbers are on the video's constant-frame-rate timeline (VFR input is resampled
-to its average rate with the fps filter), the same timeline the transcoder cuts on.
+through a pipe, one frame at a time, so memory stays flat however long the video is. The detector is
+PySceneDetect (`adaptive`, `content`: hard cuts), TransNetV2 (`transnetv2`: hard cuts and gradual
+transitions as spans, `curation/transnet.py`), or PySceneDetect's cuts with TransNetV2's spans
+(`hybrid`); all of them read the same decoded frames. Shots are the frames between transitions.
+Frame numbers are on the video's constant-frame-rate timeline (VFR input is resampled to its
+average rate with the fps filter), the same timeline the transcoder cuts on.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import ffmpeg
@@ -24,6 +27,7 @@ from curation import ffmpeg_tools
 from curation.curate_config import SceneConfig
 from curation.errors import InputRejected
 from curation.probe import VideoInfo
+from curation.transnet import HybridMerger, Transition, TransNetTransitions
 
 GREY_SAMPLES_PER_S = 2
 MAX_GREY_SAMPLES = 600
@@ -31,11 +35,16 @@ MAX_GREY_SAMPLES = 600
 
 @dataclass(frozen=True)
 class SceneResult:
-    """Shots as `[start, end)` frame ranges covering every decoded frame."""
+    """Shots as `[start, end)` frame ranges, and the transitions between them.
+
+    The shots and the transitions together cover every decoded frame: a hard cut takes no frame,
+    a gradual transition's frames belong to no shot.
+    """
 
     shots: list[tuple[int, int]]
     decoded_frames: int
     grey_samples: np.ndarray | None = None  # [N, h, w] uint8, about 2 per second, for bar detection
+    transitions: list[Transition] = field(default_factory=list)
 
     @property
     def cuts(self) -> list[int]:
@@ -50,6 +59,7 @@ def detection_size(info: VideoInfo, width: int) -> tuple[int, int]:
 
 
 def make_detector(cfg: SceneConfig):
+    """PySceneDetect's detector for `cfg.detector` (hybrid uses the adaptive one)."""
     if cfg.detector == "content":
         return ContentDetector(threshold=cfg.content_threshold, min_scene_len=cfg.min_shot_frames)
     return AdaptiveDetector(
@@ -73,27 +83,69 @@ def _decode_argv(path: str, info: VideoInfo, size: tuple[int, int], fast: bool) 
 
 
 class _ShotStream:
-    """Turns the detector's cuts, as they arrive, into finished shots handed to `on_shot`.
+    """Turns transitions, as they arrive in order, into finished shots handed to `on_shot`.
 
-    A shot is final once the cut after it is reported, so its clips can be encoded while
+    A shot is final once the transition after it is known, so its clips can be encoded while
     detection goes on through the rest of the video.
     """
 
     def __init__(self, on_shot: Callable[[int, int], None] | None):
         self.on_shot = on_shot
-        self.bounds = [0]
+        self.shots: list[tuple[int, int]] = []
+        self.transitions: list[Transition] = []
+        self.shot_start = 0  # where the next shot starts: the end of the last transition
 
-    def cut(self, frame: int) -> None:
-        if frame > self.bounds[-1]:
-            if self.on_shot:
-                self.on_shot(self.bounds[-1], frame)
-            self.bounds.append(frame)
+    def add(self, transitions: list[Transition]) -> None:
+        for t in transitions:
+            if t.kind == "cut" and t.start <= self.shot_start:
+                continue  # no frame between it and the previous boundary: not a boundary of its own
+            self._shot(t.start)
+            self.transitions.append(t)
+            self.shot_start = max(self.shot_start, t.end)
 
     def end(self, frame: int) -> list[tuple[int, int]]:
-        self.bounds = [b for b in self.bounds if b < frame]
-        if self.on_shot:
-            self.on_shot(self.bounds[-1], frame)
-        return list(zip(self.bounds, [*self.bounds[1:], frame], strict=True))
+        self._shot(frame)
+        return self.shots
+
+    def _shot(self, end: int) -> None:
+        if end > self.shot_start:
+            self.shots.append((self.shot_start, end))
+            if self.on_shot:
+                self.on_shot(self.shot_start, end)
+
+
+class _Boundaries:
+    """The configured detector, fed one decoded frame at a time, giving transitions in order as they
+    become final."""
+
+    def __init__(self, cfg: SceneConfig, fps: float):
+        self.fps = fps
+        self.classic = make_detector(cfg) if cfg.detector != "transnetv2" else None
+        self.model = TransNetTransitions(cfg) if cfg.detector in ("transnetv2", "hybrid") else None
+        self.hybrid = HybridMerger() if cfg.detector == "hybrid" else None
+        self.lag = cfg.adaptive_window  # the adaptive detector reports a cut this many frames late
+
+    def push(self, n: int, frame: np.ndarray) -> list[Transition]:
+        cuts = []
+        if self.classic is not None:
+            cuts = [tc.frame_num for tc in self.classic.process_frame(FrameTimecode(n, self.fps), frame)]
+        model = self.model.push(frame) if self.model is not None else []
+        if self.hybrid is not None:
+            self.hybrid.add(cuts, model)
+            return self.hybrid.release(self.model.frontier, n + 1 - self.lag)
+        return model if self.model is not None else [Transition.cut(c) for c in cuts]
+
+    def finish(self, n: int) -> list[Transition]:
+        cuts = []
+        if self.classic is not None:
+            cuts = [tc.frame_num for tc in self.classic.post_process(FrameTimecode(n - 1, self.fps))]
+        model = self.model.finish() if self.model is not None else []
+        if self.hybrid is not None:
+            self.hybrid.add(cuts, model)
+            out = self.hybrid.release(float("inf"), float("inf"))
+        else:
+            out = model if self.model is not None else [Transition.cut(c) for c in cuts]
+        return [t for t in out if t.start < n]
 
 
 def detect_shots(
@@ -106,7 +158,7 @@ def detect_shots(
     """
     size = detection_size(info, cfg.width)
     frame_bytes = size[0] * size[1] * 3
-    detector = make_detector(cfg)
+    boundaries = _Boundaries(cfg, info.fps)
     shots = _ShotStream(on_shot)
     n = 0
     grey: list[np.ndarray] = []
@@ -127,14 +179,12 @@ def detect_shots(
             view = memoryview(buf)
             while proc.stdout.readinto(view) == frame_bytes:
                 frame = np.frombuffer(buf, np.uint8).reshape(size[1], size[0], 3)
-                for tc in detector.process_frame(FrameTimecode(n, info.fps), frame):
-                    shots.cut(tc.frame_num)
+                shots.add(boundaries.push(n, frame))
                 if n % grey_every == 0 and len(grey) < MAX_GREY_SAMPLES:
                     grey.append(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))
                 n += 1
-            if n:
-                for tc in detector.post_process(FrameTimecode(n - 1, info.fps)):
-                    shots.cut(tc.frame_num)
+            if n and not timed_out.is_set():
+                shots.add(boundaries.finish(n))
             proc.wait()
         finally:
             watchdog.cancel()
@@ -159,4 +209,6 @@ def detect_shots(
         raise InputRejected("undecodable", last_line or "no frame could be decoded")
     if n < cfg.min_decoded_fraction * info.num_frames:
         raise InputRejected("truncated", f"decoded {n} of {info.num_frames} frames; {last_line}".rstrip("; "))
-    return SceneResult(shots=shots.end(n), decoded_frames=n, grey_samples=np.stack(grey))
+    return SceneResult(
+        shots=shots.end(n), decoded_frames=n, grey_samples=np.stack(grey), transitions=shots.transitions
+    )
