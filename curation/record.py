@@ -16,6 +16,10 @@ from curation.scoring_config import FILTERABLE_SCORES
 # Every score the record carries, including the content box inside letterbox/pillarbox bars.
 SCORE_NAMES = FILTERABLE_SCORES
 
+TRANSITION = "transition"
+"""`drop_reason` of the rows that mark where two shots meet (a cut, or the frames of a gradual
+transition): candidates no clip may overlap, counted apart from clips."""
+
 
 @dataclass
 class ClipRecord:
@@ -34,6 +38,7 @@ class ClipRecord:
     duration_s: float
     kept: bool
     drop_reason: str | None = None
+    transition: str | None = None  # rows with drop_reason "transition": "cut" or "gradual"
     width: int | None = None  # of the clip as written; null for clips never written
     height: int | None = None
     codec: str | None = None
@@ -89,6 +94,7 @@ CLIP_SCHEMA = pa.schema(
         ("duration_s", pa.float64()),
         ("kept", pa.bool_()),
         ("drop_reason", pa.string()),
+        ("transition", pa.string()),
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("codec", pa.string()),
@@ -163,6 +169,7 @@ VIDEO_SCHEMA = pa.schema(
         ("crop_h", pa.int32()),
         ("num_shots", pa.int32()),
         ("num_clips", pa.int32()),
+        ("num_transitions", pa.int32()),
         ("num_kept", pa.int32()),
         ("num_dropped", pa.int32()),
         ("seconds_kept", pa.float64()),

@@ -158,6 +158,7 @@ FIELDS: dict[str, Check] = {
     "duration_s": NUMBER,
     "kept": BOOLEAN,
     "drop_reason": STRING,
+    "transition": STRING,
     "width": INTEGER32,
     "height": INTEGER32,
     "codec": STRING,

@@ -8,6 +8,7 @@ in a small pool of ffmpeg processes.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,9 +31,10 @@ from curation.quarantine import (
     is_transient,
     retry_transient,
 )
-from curation.record import ClipRecord
+from curation.record import TRANSITION, ClipRecord
 from curation.scenes import detect_shots
 from curation.transcode import EncodedClip, transcode_group
+from curation.transnet import Transition
 
 
 @dataclass
@@ -55,6 +57,31 @@ class TaskResult:
         self.io_retries += io_retries
         if self.started_unix is None:
             self.started_unix = started_unix
+
+
+def _transition_record(
+    task_id: int, uri: str, info: VideoInfo, transition: Transition, shot: int
+) -> ClipRecord:
+    """A transition as a dropped candidate (`drop_reason` "transition", `transition` its kind), so the
+    manifest and the report show where shots meet and what no clip may contain; `shot` is the index of
+    the shot it leads into."""
+    frames = transition.end - transition.start
+    return ClipRecord(
+        clip_id=clip_id(uri, transition.start, transition.end),
+        source=uri,
+        source_start_s=transition.start / info.fps,
+        source_end_s=transition.end / info.fps,
+        source_start_frame=transition.start,
+        source_end_frame=transition.end,
+        shot_index=shot,
+        task_id=task_id,
+        fps=info.fps,
+        num_frames=frames,
+        duration_s=frames / info.fps,
+        kept=False,
+        drop_reason=TRANSITION,
+        transition=transition.kind,
+    )
 
 
 def _record(task_id: int, uri: str, info: VideoInfo, span: ClipSpan) -> ClipRecord:
@@ -213,6 +240,11 @@ class ClipSplitter:
                 row |= {"crop_x": crop.x, "crop_y": crop.y, "crop_w": crop.w, "crop_h": crop.h}
             for group in held:
                 start(group, crop)
+        shot_starts = [start for start, _ in scenes.shots]
+        for transition in scenes.transitions:
+            shot = bisect.bisect_left(shot_starts, transition.end)
+            record = _transition_record(task_id, uri, info, transition, shot)
+            video.records[(transition.start, transition.end)] = record
         row["decoded_frames"] = scenes.decoded_frames
         row["num_shots"] = len(scenes.shots)
         return video
@@ -240,12 +272,14 @@ class ClipSplitter:
                 result.media[record.clip_id] = {"mp4": clip.mp4, "jpg": clip.jpg}
                 if clip.samples is not None:
                     result.samples[record.clip_id] = clip.samples
-        records = list(video.records.values())
+        records = sorted(video.records.values(), key=lambda r: (r.source_start_frame, r.source_end_frame))
+        clips = [r for r in records if r.drop_reason != TRANSITION]
         kept = [r for r in records if r.kept]
         video.row |= {
-            "num_clips": len(records),
+            "num_clips": len(clips),
             "num_kept": len(kept),
-            "num_dropped": len(records) - len(kept),
+            "num_dropped": len(clips) - len(kept),
+            "num_transitions": len(records) - len(clips),
             "seconds_kept": sum(r.duration_s for r in kept),
             "processing_s": time.perf_counter() - video.started,
         }

@@ -21,7 +21,7 @@ from curation.curate_config import CurateConfig
 from curation.filters import ClipFilter
 from curation.layout import OutputLayout
 from curation.quarantine import INTERNAL_ERROR, TRANSIENT_EXHAUSTED
-from curation.record import CLIP_SCHEMA, VIDEO_SCHEMA, embedding_schema, table
+from curation.record import CLIP_SCHEMA, TRANSITION, VIDEO_SCHEMA, embedding_schema, table
 from curation.shards import TaskShardWriter, task_prefix
 from curation.splitter import TaskResult
 
@@ -62,7 +62,8 @@ def clear_task(layout: OutputLayout, task_id: int) -> None:
 
 def task_summary(result: TaskResult, shards: list[str]) -> dict:
     """Counts for the marker, the driver's progress line and run.json."""
-    kept = [c for c in result.clips if c.kept]
+    clips = [c for c in result.clips if c.drop_reason != TRANSITION]
+    kept = [c for c in clips if c.kept]
     return {
         "task_id": result.task_id,
         "videos": len(result.videos),
@@ -70,10 +71,11 @@ def task_summary(result: TaskResult, shards: list[str]) -> dict:
         "video_errors": dict(Counter(v["error_code"] for v in result.videos if v["status"] != "ok")),
         "seconds_in": sum(v.get("duration_s") or 0.0 for v in result.videos if v["status"] == "ok"),
         "shots": sum(v.get("num_shots") or 0 for v in result.videos),
-        "clips": len(result.clips),
+        "clips": len(clips),
         "clips_kept": len(kept),
         "seconds_kept": sum(c.duration_s for c in kept),
-        "drop_reasons": dict(Counter(c.drop_reason for c in result.clips if not c.kept)),
+        "drop_reasons": dict(Counter(c.drop_reason for c in clips if not c.kept)),
+        "transitions": dict(Counter(c.transition for c in result.clips if c.drop_reason == TRANSITION)),
         "internal_errors": _failures(result, INTERNAL_ERROR),
         "transient_exhausted": _failures(result, TRANSIENT_EXHAUSTED),
         "shards": shards,

@@ -322,13 +322,20 @@ def build_pipeline(ds, output: str, cfg: CurateJobConfig, fingerprint: str):
         return _build_pipeline(ds, output, cfg, fingerprint)
 
 
-def _map_chain(ds, stages: list[tuple[functools.partial, float, int | None]], task_args: dict, out: str):
+def _map_chain(
+    ds,
+    stages: list[tuple[functools.partial, float, int | None]],
+    task_args: dict,
+    out: str,
+    gpus: float = 0.0,
+):
     """A map of `stages` (row function, CPUs, memory bytes or None) as one task per row, which
-    reserves what the most demanding of them needs."""
+    reserves what the most demanding of them needs (and `gpus`: the split's learned shot detector)."""
     memory = max((m for _, _, m in stages if m is not None), default=None)
     return ds.map(
         _chain(*(fn for fn, _, _ in stages), out=out),
         num_cpus=max(cpus for _, cpus, _ in stages),
+        num_gpus=gpus or None,
         memory=memory,
         **task_args,
     )
@@ -339,11 +346,12 @@ def _build_pipeline(ds, output: str, cfg: CurateJobConfig, fingerprint: str):
     task_args = task_retry_args(res.task_retries)
     memory = int(res.task_memory_gb * 2**30)
     cpu = [(functools.partial(_split_row, cfg=cfg), res.split_cpus, memory)]
+    split_gpus = cfg.scenes.num_gpus  # reserved by the chain the split runs in, the first
     if scoring.motion.enabled or scoring.quality.enabled:
         cpu.append((functools.partial(_cpu_score_row, cfg=cfg), res.score_cpus, memory))
     if scoring.aesthetic.enabled:
-        ds = _map_chain(ds, cpu, task_args, output)
-        cpu = []
+        ds = _map_chain(ds, cpu, task_args, output, split_gpus)
+        cpu, split_gpus = [], 0.0
         ds = ds.map_batches(
             _AestheticActor,
             fn_constructor_kwargs={"cfg": cfg},
@@ -356,11 +364,11 @@ def _build_pipeline(ds, output: str, cfg: CurateJobConfig, fingerprint: str):
         )
     if cfg.captioning.enabled:
         cpu.append((functools.partial(_caption_prep_row, cfg=cfg), cfg.captioning.prep_cpus, None))
-        ds = _map_chain(ds, cpu, task_args, output)
-        cpu = []
+        ds = _map_chain(ds, cpu, task_args, output, split_gpus)
+        cpu, split_gpus = [], 0.0
         ds = add_caption_actors(ds, cfg.captioning, actor_retry_args(res.task_retries))
     write = functools.partial(_write_row, out=output, cfg=cfg, fingerprint=fingerprint)
-    return _map_chain(ds, [*cpu, (write, res.write_cpus, None)], task_args, output)
+    return _map_chain(ds, [*cpu, (write, res.write_cpus, None)], task_args, output, split_gpus)
 
 
 def _fit_to_session(cfg: CurateJobConfig, session: dict, log) -> CurateJobConfig:
@@ -379,15 +387,17 @@ def _fit_to_session(cfg: CurateJobConfig, session: dict, log) -> CurateJobConfig
 
 def aggregate(summaries: list[dict]) -> dict:
     """Totals over task summaries (from markers, so a resumed run counts every task)."""
-    errors, drops = Counter(), Counter()
+    errors, drops, transitions = Counter(), Counter(), Counter()
     for s in summaries:
         errors.update(s["video_errors"])
         drops.update(s["drop_reasons"])
+        transitions.update(s.get("transitions", {}))
     keys = ("videos", "videos_ok", "shots", "clips", "clips_kept", "internal_errors", "transient_exhausted")
     total = {k: sum(s.get(k, 0) for s in summaries) for k in keys}
     total["clips_dropped"] = total["clips"] - total["clips_kept"]
     total["video_errors"] = dict(sorted(errors.items()))
     total["drop_reasons"] = dict(sorted(drops.items()))
+    total["transitions"] = dict(sorted(transitions.items()))  # cut, gradual: rows of the clips manifest
     total["hours_in"] = sum(s["seconds_in"] for s in summaries) / 3600
     total["hours_kept"] = sum(s["seconds_kept"] for s in summaries) / 3600
     total["shards"] = sum(len(s["shards"]) for s in summaries)

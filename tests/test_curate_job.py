@@ -55,9 +55,14 @@ def test_every_input_and_every_candidate_clip_has_a_row(run, inputs):
     assert sorted(v["uri"] for v in videos) == sorted(os.path.abspath(p) for p in input_files)
     errors = {os.path.basename(v["uri"]): v["error_code"] for v in videos if v["status"] == "error"}
     assert errors == {path.name: code for path, code in inputs[1].values()}
-    clips = layout.read_manifest(layout.clips_manifest).to_pylist()
+    rows = layout.read_manifest(layout.clips_manifest).to_pylist()
+    clips = [c for c in rows if c["drop_reason"] != "transition"]
     ok = [v for v in videos if v["status"] == "ok"]
     assert sum(v["num_clips"] for v in ok) == len(clips)
+    # the adaptive detector's transitions are its cuts: one where each shot after the first begins
+    cuts = [c for c in rows if c["drop_reason"] == "transition"]
+    assert sum(v["num_shots"] - 1 for v in ok) == sum(v["num_transitions"] for v in ok) == len(cuts)
+    assert all(c["transition"] == "cut" and c["num_frames"] == 0 and not c["kept"] for c in cuts)
     dropped = [c for c in clips if not c["kept"]]
     assert dropped and all(c["drop_reason"] for c in dropped)
     assert len({c["clip_id"] for c in clips}) == len(clips)
