@@ -47,8 +47,8 @@ from curation.writer import TaskWriter, apply_filters, clear_task, parquet_bytes
 from jobs.attempts import clear_attempts, count_attempts, note_attempt
 from jobs.captioning_stage import add_caption_actors, caption_report, check_captioning, prep_columns
 from jobs.job_configs import NOT_IN_FINGERPRINT, CurateJobConfig
-from jobs.outcomes import error_summary, failure_note, io_report, lost_tasks
-from jobs.output_lock import hold_output
+from jobs.outcomes import error_summary, failure_note, io_report, lost_tasks, tasks_section
+from jobs.output_lock import job_output
 from jobs.progress import TaskProgress, tally
 from jobs.ray_runtime import (
     actor_retry_args,
@@ -518,8 +518,7 @@ def run_curate(
     The job holds OUT (`jobs.output_lock`) from before it changes anything there until run.json and
     the report are written, so a second job on the same OUT stops before it starts Ray.
     """
-    storage.configure_from(cfg.io)  # before the lock and Ray: workers take the settings from the environment
-    with hold_output(output, "curate", cfg.lock, log):
+    with job_output(output, "curate", cfg, log):
         return _run_curate(inputs, output, cfg, overwrite, num_cpus, log, models, limit, sample)
 
 
@@ -601,13 +600,7 @@ def _run_curate(inputs, output, cfg, overwrite, num_cpus, log, models, limit, sa
         "config_fingerprint": fingerprint,
         "versions": versions(),
         "ray": ray_info,
-        "tasks": {
-            "total": len(tasks),
-            "run_now": len(fresh),
-            "skipped_done": len(done),
-            "failed": len(lost),
-            "redone": redone,
-        },  # fmt: skip
+        "tasks": tasks_section(len(tasks), len(fresh), len(done), len(lost), redone),
         "retries": count_attempts(output),
         "io": io_report(
             cfg.io, sum(s.get("io_retries", 0) for s in fresh) + storage.io_retries() - io_before

@@ -60,8 +60,8 @@ from curation.shards import (
 from curation.writer import clear_task, parquet_bytes, shard_outputs, write_output
 from jobs.curate import prepare_output
 from jobs.job_configs import NOT_IN_FINGERPRINT, EncodeConfig
-from jobs.outcomes import error_summary, failure_note, io_report, lost_tasks
-from jobs.output_lock import hold_output
+from jobs.outcomes import error_summary, failure_note, io_report, lost_tasks, tasks_section
+from jobs.output_lock import job_output
 from jobs.progress import TaskProgress, tally
 from jobs.ray_runtime import (
     actor_retry_args,
@@ -401,8 +401,7 @@ def run_encode(
     The job holds OUT (`jobs.output_lock`) from before it changes anything there until run.json is
     written, so a second job on the same OUT stops before it starts Ray.
     """
-    storage.configure_from(cfg.io)  # before the lock and Ray: workers take the settings from the environment
-    with hold_output(output, "encode", cfg.lock, log):
+    with job_output(output, "encode", cfg, log):
         return _run_encode(inputs, output, cfg, overwrite, num_cpus, log, models)
 
 
@@ -526,13 +525,7 @@ def _run_encode(inputs, output, cfg, overwrite, num_cpus, log, models) -> dict:
         "config_fingerprint": fingerprint,
         "versions": versions(("torch", "diffusers", "transformers")),
         "ray": ray_info,
-        "tasks": {
-            "total": len(tasks),
-            "run_now": len(fresh),
-            "skipped_done": len(done),
-            "failed": len(lost),
-            "redone": redone,
-        },  # fmt: skip
+        "tasks": tasks_section(len(tasks), len(fresh), len(done), len(lost), redone),
         "counts": counts,
         "errors": error_summary(
             counts["written"] + sum(counts["skipped"].values()) + counts["transient_exhausted"],

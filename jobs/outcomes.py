@@ -38,6 +38,18 @@ def lost_tasks(pending: list, returned: set[int]) -> list:
     return [t for t in pending if t.task_id not in returned]
 
 
+def tasks_section(total: int, run_now: int, skipped_done: int, failed: int, redone: dict) -> dict:
+    """run.json's `tasks`, the same in every job: how many there are, ran now, were done already (their
+    markers trusted), failed for good, and were redone because their markers were not (`curation.resume`)."""
+    return {
+        "total": total,
+        "run_now": run_now,
+        "skipped_done": skipped_done,
+        "failed": failed,
+        "redone": redone,
+    }
+
+
 def io_report(io_cfg, retries: int) -> dict:
     """run.json's `io`: remote operations retried in this run (every task's and the driver's), and the
     limits they ran under (`io.*` in the config)."""

@@ -40,6 +40,15 @@ CREATE_TRIES = 3
 """Rounds of read, then create or take over: each lost race reads the winner's lock again."""
 
 
+@contextlib.contextmanager
+def job_output(out: str, job: str, cfg, log: Callable[[str], None] = print) -> Iterator[None]:
+    """What every job does before it touches OUT: take its `io` settings (before Ray starts, so the
+    workers inherit them) and hold OUT's lock (`cfg.lock`) until the block ends."""
+    storage.configure_from(cfg.io)
+    with hold_output(out, job, cfg.lock, log):
+        yield
+
+
 class OutputBusy(RuntimeError):
     """Another job holds OUT (its lock's heartbeat is fresh)."""
 

@@ -62,8 +62,8 @@ from curation.writer import clear_task, parquet_bytes, shard_outputs, write_outp
 from jobs.captioning_stage import add_caption_actors, caption_report, check_captioning
 from jobs.curate import prepare_output
 from jobs.job_configs import NOT_IN_FINGERPRINT, RecaptionConfig
-from jobs.outcomes import error_summary, failure_note, io_report, lost_tasks
-from jobs.output_lock import hold_output
+from jobs.outcomes import error_summary, failure_note, io_report, lost_tasks, tasks_section
+from jobs.output_lock import job_output
 from jobs.progress import TaskProgress, tally
 from jobs.ray_runtime import (
     actor_retry_args,
@@ -428,8 +428,7 @@ def run_recaption(
     The job holds OUT (`jobs.output_lock`) from before it changes anything there until run.json and
     the report are written, so a second job on the same OUT stops before it starts Ray.
     """
-    storage.configure_from(cfg.io)  # before the lock and Ray: workers take the settings from the environment
-    with hold_output(output, "recaption", cfg.lock, log):
+    with job_output(output, "recaption", cfg, log):
         return _run_recaption(inputs, output, cfg, overwrite, num_cpus, limit, sample, log, models)
 
 
@@ -515,13 +514,7 @@ def _run_recaption(inputs, output, cfg, overwrite, num_cpus, limit, sample, log,
         "selection": selection,
         "versions": versions(),
         "ray": ray_info,
-        "tasks": {
-            "total": len(tasks),
-            "run_now": len(fresh),
-            "skipped_done": len(done),
-            "failed": len(lost),
-            "redone": redone,
-        },  # fmt: skip
+        "tasks": tasks_section(len(tasks), len(fresh), len(done), len(lost), redone),
         "counts": counts,
         "errors": error_summary(
             counts["shards_in"] + counts["transient_exhausted"],
