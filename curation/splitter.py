@@ -65,23 +65,10 @@ def _transition_record(
     """A transition as a dropped candidate (`drop_reason` "transition", `transition` its kind), so the
     manifest and the report show where shots meet and what no clip may contain; `shot` is the index of
     the shot it leads into."""
-    frames = transition.end - transition.start
-    return ClipRecord(
-        clip_id=clip_id(uri, transition.start, transition.end),
-        source=uri,
-        source_start_s=transition.start / info.fps,
-        source_end_s=transition.end / info.fps,
-        source_start_frame=transition.start,
-        source_end_frame=transition.end,
-        shot_index=shot,
-        task_id=task_id,
-        fps=info.fps,
-        num_frames=frames,
-        duration_s=frames / info.fps,
-        kept=False,
-        drop_reason=TRANSITION,
-        transition=transition.kind,
-    )
+    span = ClipSpan(shot, transition.start, transition.end, kept=False, drop_reason=TRANSITION)
+    record = _record(task_id, uri, info, span)
+    record.transition = transition.kind
+    return record
 
 
 def _record(task_id: int, uri: str, info: VideoInfo, span: ClipSpan) -> ClipRecord:
