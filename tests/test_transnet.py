@@ -275,6 +275,26 @@ def test_finder_rules_on_made_up_probabilities():
     assert finder.frontier == 149  # the fade under way may start its span a frame before itself
 
 
+def test_a_long_region_whose_picture_changes_only_at_its_cuts_holds_cuts():
+    single, many, change = np.zeros(130), np.zeros(130), np.full(130, 2.0)  # 2.0: the shots' own motion
+    single[29], many[27:34] = 0.97, 0.8  # a cut the many-hot head marks over 7 frames
+    change[30] = 60.0
+    single[59], single[64], many[58:66] = 0.8, 0.8, 0.6  # a 5-frame shot between two cuts
+    change[60], change[65] = 50.0, 50.0
+    many[45] = 0.7  # a many-hot blip where the single-frame head sees nothing
+    single[105], many[99:111], change[100:111] = 0.9, 0.8, 6.0  # a 10-frame fade, single-frame peak inside
+    fade = Transition(99 - transnet.SPAN_PAD, 111 + transnet.SPAN_PAD, "gradual")
+
+    finder = TransitionFinder(0.5, 0.2, 6, 10)
+    got = finder.feed(single.tolist(), many.tolist(), change.tolist()) + finder.finish()
+    assert got == [Transition.cut(30), Transition.cut(60), Transition.cut(65), fade]
+
+    # without the picture change, length and confidence alone make spans of the first two
+    finder = TransitionFinder(0.5, 0.2, 6, 10)
+    spans = [t for t in finder.feed(single.tolist(), many.tolist()) + finder.finish() if t.kind == "gradual"]
+    assert [t.start for t in spans] == [26, 57, 98]
+
+
 def test_hybrid_absorbs_classic_cuts_at_a_span():
     merger = HybridMerger()
     span = Transition(100, 120, "gradual")
