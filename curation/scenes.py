@@ -70,7 +70,7 @@ def make_detector(cfg: SceneConfig):
     )
 
 
-def _decode_argv(path: str, info: VideoInfo, size: tuple[int, int], fast: bool) -> list[str]:
+def decode_argv(path: str, info: VideoInfo, size: tuple[int, int], fast: bool) -> list[str]:
     decoder_opts = {"skip_loop_filter": "all", "flags2": "fast"} if fast else {}
     stream = ffmpeg_tools.input_stream(path, **decoder_opts).video
     if info.variable_frame_rate:
@@ -166,7 +166,7 @@ def detect_shots(
     timed_out = threading.Event()
     with tempfile.TemporaryFile() as stderr:
         proc = subprocess.Popen(
-            _decode_argv(path, info, size, cfg.fast_decode),
+            decode_argv(path, info, size, cfg.fast_decode),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=stderr,
