@@ -294,6 +294,23 @@ def check_models(cfg: CurateJobConfig) -> None:
     check_captioning(cfg.captioning)
 
 
+def check_gpus(cfg: CurateJobConfig, session: dict) -> None:
+    """Fail before any work starts when the config reserves GPUs and the embedded Ray has none: its
+    tasks and actors would wait forever. A cluster (RAY_ADDRESS) may add GPU nodes as they are asked for."""
+    wanted = {
+        "scenes.num_gpus": cfg.scenes.num_gpus,
+        "scoring.aesthetic.num_gpus": cfg.scoring.aesthetic.num_gpus if cfg.scoring.aesthetic.enabled else 0,
+        "captioning.num_gpus": cfg.captioning.num_gpus if cfg.captioning.enabled else 0,
+    }
+    wanted = {key: value for key, value in wanted.items() if value > 0}
+    if wanted and session["address"] == "local" and not session["cluster_resources"].get("GPU"):
+        settings = ", ".join(f"{key}={value:g}" for key, value in wanted.items())
+        raise config_lib.ConfigError(
+            f"{settings}: this machine has no GPU that Ray can see; set them to 0 "
+            "(or use the default preset instead of gpu)"
+        )
+
+
 def _check_aesthetic(cfg: CurateJobConfig) -> None:
     aesthetic = cfg.scoring.aesthetic
     if not aesthetic.head_weights:
@@ -556,6 +573,7 @@ def _run_curate(inputs, output, cfg, overwrite, num_cpus, log, models, limit, sa
     with ray_session(num_cpus) as ray_info:
         ray_start_s = time.perf_counter() - ray_started
         run_where_files_are_read(check_models, cfg, session=ray_info)
+        check_gpus(cfg, ray_info)
         if pending:
             ds = ray.data.from_items(
                 [{"task_id": t.task_id, "task": pickle.dumps(t)} for t in pending],

@@ -15,7 +15,7 @@ from conftest import make_bad_inputs, model_overrides, shard_samples
 from curation import config, synthetic
 from curation.layout import OutputLayout
 from curation.synthetic import VideoSpec, shot_list
-from jobs.curate import ResumeRefused, run_curate
+from jobs.curate import ResumeRefused, check_gpus, run_curate
 from jobs.job_configs import CurateJobConfig
 
 REELMILL = str(Path(sys.executable).with_name("reelmill"))
@@ -195,6 +195,44 @@ def test_cli_names_the_missing_model_setting(tmp_path, two_shot_video):
     cmd = [REELMILL, "curate", "--input", str(two_shot_video), "--output", str(tmp_path / "o")]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 2 and "scoring.aesthetic.head_weights is not set" in proc.stderr
+
+
+def test_gpus_are_required_only_where_the_config_reserves_them_on_the_embedded_ray():
+    cfg = config.load(CurateJobConfig, "curate", "gpu")
+    local = {"address": "local", "cluster_resources": {"CPU": 2.0}}
+    with pytest.raises(config.ConfigError) as err:
+        check_gpus(cfg, local)
+    for setting in ("scenes.num_gpus=0.1", "scoring.aesthetic.num_gpus=0.25", "captioning.num_gpus=1"):
+        assert setting in str(err.value)
+    check_gpus(cfg, {"address": "local", "cluster_resources": {"CPU": 2.0, "GPU": 1.0}})
+    check_gpus(cfg, {"address": "ray://head:10001", "cluster_resources": {"CPU": 2.0}})  # GPU nodes may come
+    off = config.load(
+        CurateJobConfig, "curate", "gpu", ["scoring.aesthetic.enabled=false", "captioning.enabled=false"]
+    )
+    with pytest.raises(config.ConfigError, match=r"^scenes\.num_gpus=0\.1: "):
+        check_gpus(off, local)
+    check_gpus(config.load(CurateJobConfig, "curate", "default"), local)
+
+
+def test_the_gpu_preset_without_a_gpu_exits_2_before_any_work(tmp_path, two_shot_video):
+    sets = ["scoring.aesthetic.enabled=false", "captioning.enabled=false"]
+    cmd = [
+        REELMILL,
+        "curate",
+        "--input",
+        str(two_shot_video),
+        "--output",
+        str(tmp_path / "o"),
+        "--config",
+        "gpu",
+    ]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no GPU for Ray to see, on any machine
+    proc = subprocess.run(
+        cmd + [a for s in sets for a in ("--set", s)], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "scenes.num_gpus=0.1: this machine has no GPU that Ray can see" in proc.stderr
+    assert not list((tmp_path / "o").glob("shards/*.tar"))
 
 
 def test_cli_reports_missing_input(tmp_path):
