@@ -185,11 +185,13 @@ def make_audio_only(path: str | Path, seconds: float = 2.0) -> Path:
 
 
 def sample_set(directory: str | Path, fps: str = "25", width: int = 480, height: int = 270) -> list[Path]:
-    """The demo's inputs: a few multi-shot videos (one with a 0.32 s flash shot) and one broken file."""
+    """The demo's inputs: a few multi-shot videos (one with a 0.32 s flash shot, one with a 0.8 s
+    dissolve between two of its shots) and one broken file."""
     directory = Path(directory)
+    dissolve = [Join(), Join("dissolve", 20)]
     specs = {
         "city_walk.mp4": VideoSpec(shot_list([90, 130, 8, 110]), width, height, fps),
-        "studio_takes.mp4": VideoSpec(shot_list([150, 60, 140])[::-1], width, height, fps),
+        "studio_takes.mp4": VideoSpec(shot_list([170, 90, 140])[::-1], width, height, fps, joins=dissolve),
         "long_take.mp4": VideoSpec([Shot("testsrc2", 300), Shot("gradients", 100)], width, height, fps),
     }
     paths = [make_video(directory / name, spec) for name, spec in specs.items()]

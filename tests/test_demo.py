@@ -69,6 +69,10 @@ def test_make_demo(tmp_path):
     assert run["state"] == "finished"
     assert run["counts"]["videos_ok"] == 3 and run["counts"]["video_errors"] == {"truncated": 1}
     assert run["models"] == "random-weights"
+    # the learned shot detector: 3 + 1 + 1 hard cuts in the three videos, and studio_takes' dissolve
+    assert run["config"]["scenes"]["detector"] == "transnetv2"
+    assert run["counts"]["transitions"] == {"cut": 5, "gradual": 1}
+    assert "TransNetV2 (scenes.detector=transnetv2): hard cuts 5, gradual transitions 1 (in no clip;" in log
     assert run["scores"]["aesthetic"]["count"] > 0 and "aesthetic<4.5" not in run["filters"]["drops_by_rule"]
     shards = sorted((out / "curated" / "shards").glob("*.tar"))
     keys = [s["__key__"] for url in shards for s in wds.WebDataset(str(url), shardshuffle=False)]
