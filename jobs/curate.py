@@ -307,7 +307,7 @@ def check_gpus(cfg: CurateJobConfig, session: dict) -> None:
         settings = ", ".join(f"{key}={value:g}" for key, value in wanted.items())
         raise config_lib.ConfigError(
             f"{settings}: this machine has no GPU that Ray can see; set them to 0 "
-            "(or use the default preset instead of gpu)"
+            "(the gpu preset is for machines with GPUs)"
         )
 
 
