@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 
 from curation import config as config_lib
@@ -245,5 +247,20 @@ def error_exit_status(command: str, run: dict | None, limit: float) -> int:
     return 0
 
 
+def run() -> None:
+    """The `reelmill` command: `main`, then an exit with its status that skips the interpreter's teardown.
+
+    Every output is written and closed by the time `main` returns. What is left is the teardown of native
+    libraries that keep threads of their own (Ray's core worker, torch's and OpenCV's thread pools), in
+    an order Python does not control: a `reelmill demo` was seen to segfault there, after its last line,
+    in one run of five. A scheduler reads the exit status, so it is the job's, not the teardown's. An
+    exception out of `main` still ends the process the usual way, with its traceback."""
+    status = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status or 0)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

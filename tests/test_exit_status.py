@@ -124,3 +124,23 @@ def test_sample_exits_0_every_time(curated_run, tiny_wan, tmp_path):
 
     assert_all_zero(statuses(cmd, tmp_path))
     assert (tmp_path / "video0.mp4").stat().st_size > 0
+
+
+def test_the_command_exits_with_its_status_whatever_the_teardown_does(tmp_path):
+    from importlib.metadata import entry_points
+
+    assert entry_points(group="console_scripts")["reelmill"].value == "jobs.cli:run"
+    # a native crash during interpreter teardown (here: an exit handler reading address 0)
+    crash_at_teardown = (
+        "import atexit, ctypes, sys; atexit.register(ctypes.string_at, 0); "
+        f"sys.argv = ['reelmill', 'report', {str(tmp_path / 'not-a-run')!r}]; "
+    )
+    for entry, want in (
+        ("from jobs.cli import run; run()", 2),
+        ("from jobs.cli import main; sys.exit(main())", -11),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-c", crash_at_teardown + entry], capture_output=True, text=True
+        )
+        assert done.returncode == want, (entry, done.returncode, done.stderr[-2000:])
+        assert "reelmill report: error:" in done.stderr  # the command itself ran, and ended with status 2
