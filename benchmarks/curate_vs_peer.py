@@ -78,6 +78,14 @@ NO_SCORING = [
 CPU_SCORING = ["scoring.aesthetic.enabled=false"]
 
 
+def floor_cmd(src: Path, dest: Path) -> list[str]:
+    """One ffmpeg transcode of the whole input at the rows' output settings: the floor they are compared to."""
+    return [
+        "ffmpeg", "-nostdin", "-y", "-v", "error", "-i", str(src), "-map", "0:v:0", "-an", "-c:v", "libx264",
+        "-preset", "veryfast", "-crf", "22", "-pix_fmt", "yuv420p", str(dest),
+    ]  # fmt: skip
+
+
 def curate_cmd(src: Path, out: Path, overrides: list[str]) -> list[str]:
     cmd = [str(BIN / "reelmill"), "curate", "--input", str(src), "--output", str(out), "--overwrite"]
     sets = ["transcode.crf=22", "transcode.preset=veryfast", "filters.mode=score-only", *overrides]
@@ -102,12 +110,7 @@ def main() -> None:
 
     print("running (one at a time, same cores):", flush=True)
     rows = [
-        timed(
-            "floor",
-            ["ffmpeg", "-nostdin", "-y", "-v", "error", "-i", str(src), "-map", "0:v:0", "-an", "-c:v", "libx264",
-             "-preset", "veryfast", "-crf", "22", "-pix_fmt", "yuv420p", str(out / "floor.mp4")],
-            out / "floor.log",
-        ),
+        timed("floor", floor_cmd(src, out / "floor.mp4"), out / "floor.log"),
         timed(
             "peer",
             [str(BIN / "scenedetect"), "-i", str(src), "-o", str(out / "peer"), "detect-adaptive", "split-video",

@@ -186,13 +186,8 @@ def speed_rows(paths: list[Path]) -> dict:
 
 def curate_rows(src: Path, out: Path) -> list[dict]:
     rows = [
-        curate_vs_peer.timed(
-            "floor",
-            ["ffmpeg", "-nostdin", "-y", "-v", "error", "-i", str(src), "-map", "0:v:0", "-an", "-c:v", "libx264",
-             "-preset", "veryfast", "-crf", "22", "-pix_fmt", "yuv420p", str(out / "floor.mp4")],
-            out / "floor.log",
-        )
-    ]  # fmt: skip
+        curate_vs_peer.timed("floor", curate_vs_peer.floor_cmd(src, out / "floor.mp4"), out / "floor.log")
+    ]
     for detector in DETECTORS:
         dest = out / f"curate_{detector}"
         sets = [*curate_vs_peer.NO_SCORING, "captioning.enabled=false", f"scenes.detector={detector}"]
