@@ -116,17 +116,27 @@ def run_detector(path: Path, detector: str):
     return result, time.perf_counter() - t0
 
 
+def overlaps(t, frames: range) -> bool:
+    """Whether transition `t` (a cut counts as its one frame) touches `frames` or the frame after them."""
+    return t.start <= frames.stop and max(t.end, t.start + 1) >= frames.start
+
+
+def at_a_blend(frame: int, truth: Truth) -> bool:
+    """Whether a cut found at `frame` is where a blend is, give or take a frame."""
+    return any(r.start - 1 <= frame <= r.stop + 1 for _, r in truth.blends)
+
+
 def score(truth: Truth, result, include_blind: bool = True) -> dict:
+    """Cut matches at +-1 frame (a cut found at a blend is the blend's), blends found, spans found where
+    there is no blend, and the seconds of each blend left inside shots."""
     blends = [(k, r) for k, r in truth.blends if include_blind or k not in MODEL_BLIND]
-    near_blend = lambda f: any(r.start - 1 <= f <= r.stop + 1 for _, r in truth.blends)  # noqa: E731
-    found = [t.start for t in result.transitions if t.kind == "cut" and not near_blend(t.start)]
+    found = [t.start for t in result.transitions if t.kind == "cut" and not at_a_blend(t.start, truth)]
     matched, tp = set(), 0
     for cut in truth.cuts:
         hit = next((f for f in found if abs(f - cut) <= 1 and f not in matched), None)
         if hit is not None:
             matched.add(hit)
             tp += 1
-    overlaps = lambda t, r: t.start <= r.stop and max(t.end, t.start + 1) >= r.start  # noqa: E731
     spans = [t for t in result.transitions if t.kind == "gradual"]
     leaks = [sum(any(a <= f < b for a, b in result.shots) for f in r) / FPS for _, r in blends]
     return {
