@@ -48,6 +48,11 @@ class ClipRecord:
     caption_metrics: dict | None = None
     errors: list[dict] = field(default_factory=list)
 
+    @property
+    def is_transition(self) -> bool:
+        """A row that marks where two shots meet, not a clip (counted apart from clips)."""
+        return self.drop_reason == TRANSITION
+
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True, allow_nan=False).encode()
 

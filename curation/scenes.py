@@ -130,22 +130,25 @@ class _Boundaries:
         if self.classic is not None:
             cuts = [tc.frame_num for tc in self.classic.process_frame(FrameTimecode(n, self.fps), frame)]
         model = self.model.push(frame) if self.model is not None else []
-        if self.hybrid is not None:
-            self.hybrid.add(cuts, model)
-            return self.hybrid.release(self.model.frontier, n + 1 - self.lag)
-        return model if self.model is not None else [Transition.cut(c) for c in cuts]
+        model_frontier = self.model.frontier if self.model is not None else n
+        return self._combine(cuts, model, model_frontier, n + 1 - self.lag)
 
     def finish(self, n: int) -> list[Transition]:
         cuts = []
         if self.classic is not None:
             cuts = [tc.frame_num for tc in self.classic.post_process(FrameTimecode(n - 1, self.fps))]
         model = self.model.finish() if self.model is not None else []
+        return [t for t in self._combine(cuts, model, float("inf"), float("inf")) if t.start < n]
+
+    def _combine(
+        self, cuts: list[int], model: list[Transition], model_frontier: float, classic_frontier: float
+    ) -> list[Transition]:
+        """The detector's own transitions, or in hybrid mode those the merger can release up to the
+        frontiers of the model and the classic detector."""
         if self.hybrid is not None:
             self.hybrid.add(cuts, model)
-            out = self.hybrid.release(float("inf"), float("inf"))
-        else:
-            out = model if self.model is not None else [Transition.cut(c) for c in cuts]
-        return [t for t in out if t.start < n]
+            return self.hybrid.release(model_frontier, classic_frontier)
+        return model if self.model is not None else [Transition.cut(c) for c in cuts]
 
 
 def detect_shots(

@@ -260,7 +260,7 @@ class ClipSplitter:
                 if clip.samples is not None:
                     result.samples[record.clip_id] = clip.samples
         records = sorted(video.records.values(), key=lambda r: (r.source_start_frame, r.source_end_frame))
-        clips = [r for r in records if r.drop_reason != TRANSITION]
+        clips = [r for r in records if not r.is_transition]
         kept = [r for r in records if r.kept]
         video.row |= {
             "num_clips": len(clips),

@@ -21,7 +21,7 @@ from curation.curate_config import CurateConfig
 from curation.filters import ClipFilter
 from curation.layout import OutputLayout
 from curation.quarantine import INTERNAL_ERROR, TRANSIENT_EXHAUSTED
-from curation.record import CLIP_SCHEMA, TRANSITION, VIDEO_SCHEMA, embedding_schema, table
+from curation.record import CLIP_SCHEMA, VIDEO_SCHEMA, embedding_schema, table
 from curation.shards import TaskShardWriter, task_prefix
 from curation.splitter import TaskResult
 
@@ -62,7 +62,7 @@ def clear_task(layout: OutputLayout, task_id: int) -> None:
 
 def task_summary(result: TaskResult, shards: list[str]) -> dict:
     """Counts for the marker, the driver's progress line and run.json."""
-    clips = [c for c in result.clips if c.drop_reason != TRANSITION]
+    clips = [c for c in result.clips if not c.is_transition]
     kept = [c for c in clips if c.kept]
     return {
         "task_id": result.task_id,
@@ -75,7 +75,7 @@ def task_summary(result: TaskResult, shards: list[str]) -> dict:
         "clips_kept": len(kept),
         "seconds_kept": sum(c.duration_s for c in kept),
         "drop_reasons": dict(Counter(c.drop_reason for c in clips if not c.kept)),
-        "transitions": dict(Counter(c.transition for c in result.clips if c.drop_reason == TRANSITION)),
+        "transitions": dict(Counter(c.transition for c in result.clips if c.is_transition)),
         "internal_errors": _failures(result, INTERNAL_ERROR),
         "transient_exhausted": _failures(result, TRANSIENT_EXHAUSTED),
         "shards": shards,
