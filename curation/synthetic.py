@@ -21,9 +21,15 @@ SOURCES: dict[str, str] = {
     "bars": "smptehdbars=size={s}:rate={r},scroll=horizontal=0.004",
     "cellauto": "cellauto=size={s}:rate={r}:rule=30:random_fill_ratio=0.4:random_seed=7",
     "life": "life=size={s}:rate={r}:ratio=0.3:random_seed=7:mold=8:life_color=#ffcc33:death_color=#202080",
+    # the same once its pattern has settled: its first seconds churn like a transition to a shot detector
+    "life_settled": "life=size={s}:rate={r}:ratio=0.3:random_seed=7:mold=8:life_color=#ffcc33:"
+    "death_color=#202080,trim=start_frame=40,setpts=PTS-STARTPTS",
+    "smptebars": "smptebars=size={s}:rate={r}",
+    "rgbtestsrc": "rgbtestsrc=size={s}:rate={r}",
     "gradients": "gradients=size={s}:rate={r}:speed=0.03:c0=0x10a040:c1=0xe04010",
     "noise": "color=c=0x808080:size={s}:rate={r},noise=alls=80:allf=t",
     "red": "color=c=0xc02020:size={s}:rate={r}",
+    "teal": "color=c=0x20a0a0:size={s}:rate={r}",
     "still": "testsrc2=size={s}:rate=1,fps={r}",
 }
 

@@ -31,20 +31,6 @@ FPS = 25
 SIZE = (192, 108)
 MAX_LEAK_S = 0.2
 
-SOURCES = {
-    "testsrc2": "testsrc2=size={s}:rate={r}",
-    "mandelbrot": "mandelbrot=size={s}:rate={r}",
-    "smptebars": "smptebars=size={s}:rate={r}",
-    "cellauto": "cellauto=size={s}:rate={r}:rule=30:random_fill_ratio=0.4:random_seed=7",
-    # its first seconds churn like a transition: start it once the pattern has settled
-    "life": "life=size={s}:rate={r}:ratio=0.3:random_seed=7:mold=8:life_color=#ffcc33:death_color=#202080,"
-    "trim=start_frame=40,setpts=PTS-STARTPTS",
-    "red": "color=c=0xc02020:size={s}:rate={r}",
-    "teal": "color=c=0x20a0a0:size={s}:rate={r}",
-    "rgbtestsrc": "rgbtestsrc=size={s}:rate={r}",
-    "gradients": "gradients=size={s}:rate={r}:speed=0.03:c0=0x10a040:c1=0xe04010",
-}
-
 
 @dataclass
 class Truth:
@@ -58,7 +44,7 @@ def render(path: Path, shots: list[tuple[str, int]], joins: list[str | tuple[str
     """Shots `(source, frames)` joined by `"cut"` or `(xfade transition, frames)`, rendered by
     `curation.synthetic` (one ffmpeg run), whose spec says which frames each join made."""
     spec = VideoSpec(
-        [Shot(SOURCES[src], n) for src, n in shots], *SIZE, fps=str(FPS),
+        [Shot(src, n) for src, n in shots], *SIZE, fps=str(FPS),
         output_options={"preset": "veryfast", "crf": 18},
         joins=[Join() if join == "cut" else Join(*join) for join in joins],
     )  # fmt: skip
@@ -80,7 +66,7 @@ def videos(tmp_path_factory) -> dict[str, Truth]:
         "cuts": render(
             d / "cuts.mp4",
             [("mandelbrot", 30), ("rgbtestsrc", 6), ("cellauto", 30), ("teal", 2), ("testsrc2", 28)]
-            + [("red", 7), ("smptebars", 30), ("gradients", 3), ("life", 40)],
+            + [("red", 7), ("smptebars", 30), ("gradients", 3), ("life_settled", 40)],
             ["cut"] * 8,
         ),
         # blends of 0.52 s, 1 s, 1.48 s and 1.24 s, with hard cuts between them
@@ -313,7 +299,7 @@ def test_curate_records_gradual_transitions_and_keeps_their_frames_out_of_clips(
     from jobs.job_configs import CurateJobConfig
 
     spec = VideoSpec(
-        [Shot(SOURCES[src], n) for src, n in (("testsrc2", 80), ("mandelbrot", 90), ("smptebars", 80))],
+        [Shot(src, n) for src, n in (("testsrc2", 80), ("mandelbrot", 90), ("smptebars", 80))],
         *SIZE, fps=str(FPS), joins=[Join("dissolve", 25), Join()],
     )  # fmt: skip
     make_video(tmp_path / "dissolve.mp4", spec)
