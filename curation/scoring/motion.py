@@ -9,7 +9,7 @@ clip's resolution or frame rate:
 - `moving_fraction`: share of pixels moving more than `moving_threshold_px`.
 
 Each is averaged over the sample pairs. `motion` grows with the speed of the content (including
-pans far beyond what Farneback follows alone, see `_flow_magnitude`), stays near zero on a still
+pans far beyond what Farneback follows alone, see `MotionScorer._flow`), stays near zero on a still
 shot with encoder noise, and is high on chaotic footage (shake, whip pans, random change).
 Farneback ignores uniform brightness changes, so flicker alone does not raise it.
 """
@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from curation.frames import SampledFrames
+from curation.scoring.camera import PairMotion, fit_pair
 from curation.scoring_config import MotionConfig
 
 MOTION_SCORES = ("motion", "motion_px", "moving_fraction")
@@ -46,25 +47,33 @@ class MotionScorer:
 
     def score(self, frames: SampledFrames) -> dict[str, float | None]:
         """Motion scores of one clip; all None when the scorer is off or the clip has no pair."""
+        return self.measure(frames)[0]
+
+    def measure(self, frames: SampledFrames) -> tuple[dict[str, float | None], list[PairMotion]]:
+        """Motion scores of one clip, and the camera motion fitted to each pair's flow
+        (`curation.scoring.camera`): one flow per pair serves both."""
         pairs = frames.pairs()
         if not self.cfg.enabled or not pairs:
-            return dict.fromkeys(self.names)
+            return dict.fromkeys(self.names), []
         gray = frames.crop(frames.gray)
         size = reference_size((gray.shape[2], gray.shape[1]), self.cfg.short_side)
         used = sorted({i for pair in pairs for i in pair})
         small = {i: self._prepare(gray[i], size) for i in used}
         diagonal = float(np.hypot(*size))
-        mean_px, moving = [], []
+        mean_px, moving, camera = [], [], []
         for a, b in pairs:
-            magnitude = self._flow_magnitude(small[a], small[b])
+            flow = self._flow(small[a], small[b])
+            magnitude = np.hypot(flow[..., 0], flow[..., 1])
             mean_px.append(float(magnitude.mean()))
             moving.append(float((magnitude > self.cfg.moving_threshold_px).mean()))
+            camera.append(fit_pair(flow))
         motion_px = float(np.mean(mean_px))
-        return {
+        scores = {
             "motion": motion_px / diagonal,
             "motion_px": motion_px,
             "moving_fraction": float(np.mean(moving)),
         }
+        return scores, camera
 
     @staticmethod
     def _prepare(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -73,8 +82,8 @@ class MotionScorer:
         small = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
         return cv2.GaussianBlur(small, (0, 0), PRESMOOTH_SIGMA)
 
-    def _flow_magnitude(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """[H, W] flow magnitude in pixels from `a` to `b`.
+    def _flow(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """[H, W, 2] flow in pixels from `a` to `b`.
 
         Farneback's pyramid stops at 32 px, so from a zero start it follows shifts of ~12 px at
         128 px and underestimates anything faster: a moderate pan at 0.5 s steps already moves
@@ -84,10 +93,9 @@ class MotionScorer:
         shift itself (textured regions Farneback lost).
         """
         zero = self._farneback(a, b, None)
-        zero_magnitude = np.hypot(zero[..., 0], zero[..., 1])
         shift, response = cv2.phaseCorrelate(a.astype(np.float64), b.astype(np.float64), self._window(a))
         if response < MIN_PHASE_RESPONSE or np.hypot(*shift) < 1.0:
-            return zero_magnitude
+            return zero
         pan = np.empty((*a.shape, 2), np.float32)
         pan[...] = shift
         refined = self._farneback(a, b, pan.copy())  # the flow argument is overwritten in place
@@ -97,8 +105,7 @@ class MotionScorer:
         # explains (a flat region, which says nothing about motion) keeps Farneback's own answer.
         close = residuals <= residuals.min(axis=0) + RESIDUAL_TIE
         choice = np.argmax(close, axis=0)  # [H, W]
-        flow = np.take_along_axis(candidates, choice[None, ..., None], axis=0)[0]
-        return np.hypot(flow[..., 0], flow[..., 1])
+        return np.take_along_axis(candidates, choice[None, ..., None], axis=0)[0]
 
     def _farneback(self, a: np.ndarray, b: np.ndarray, init: np.ndarray | None) -> np.ndarray:
         return cv2.calcOpticalFlowFarneback(

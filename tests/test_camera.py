@@ -1,0 +1,89 @@
+"""Camera motion labels (`curation/scoring/camera.py`) on clips whose camera motion is known from how they
+were made: a 320x180 window moved over a still random texture with ffmpeg's `crop` (pans, tilts, shake)
+or `zoompan` (zooms), and the same window held still."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from curation.frames import sample_frames
+from curation.scoring import MotionScorer
+from curation.scoring.camera import CameraThresholds, PairMotion, clip_camera, fit_pair, pair_label
+from curation.scoring_config import FrameSamplerConfig, MotionConfig
+from curation.synthetic import Shot, VideoSpec, make_video
+
+FPS = 25
+SECONDS = 3
+SPEED = 4  # pixels per frame of the pans and tilts, at 320x180
+TEXTURE = "color=c=gray:s={size}:r={{r}},noise=alls=100:allf=u,gblur=sigma=3,eq=contrast=4"
+SAMPLER = FrameSamplerConfig()
+TH = CameraThresholds()
+
+
+def window(size: str, crop: str) -> str:
+    return TEXTURE.format(size=size) + f",crop={crop}"
+
+
+CLIPS = {
+    "static": window("800x500", "320:180:x=200:y=150"),
+    "pan_right": window("1400x180", f"320:180:x='n*{SPEED}':y=0"),  # the window moves right
+    "pan_left": window("1400x180", f"320:180:x='1000-n*{SPEED}':y=0"),
+    "tilt_down": window("320x1000", f"320:180:x=0:y='n*{SPEED}'"),  # the window moves down
+    "tilt_up": window("320x1000", f"320:180:x=0:y='700-n*{SPEED}'"),
+    "zoom_in": TEXTURE.format(size="640x360")
+    + ",zoompan=z='1+0.005*on':d=1:x='iw/2-iw/zoom/2':y='ih/2-ih/zoom/2':s=320x180:fps={r}",
+    "zoom_out": TEXTURE.format(size="640x360")
+    + ",zoompan=z='1.5-0.005*on':d=1:x='iw/2-iw/zoom/2':y='ih/2-ih/zoom/2':s=320x180:fps={r}",
+    "shake": window("800x500", "320:180:x='240+30*sin(n*2.7)':y='160+24*sin(n*1.9+1)'"),
+}
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory) -> dict[str, tuple[dict, list[PairMotion]]]:
+    d = tmp_path_factory.mktemp("camera")
+    scorer = MotionScorer(MotionConfig())
+    out = {}
+    for name, graph in CLIPS.items():
+        path = make_video(d / f"{name}.mp4", VideoSpec([Shot(graph, SECONDS * FPS)], 320, 180, str(FPS)))
+        out[name] = scorer.measure(sample_frames(Path(path), SAMPLER))
+    return out
+
+
+@pytest.mark.parametrize("name", list(CLIPS))
+def test_each_made_camera_motion_gets_its_label(measured, name):
+    scores, pairs = measured[name]
+    assert len(pairs) >= 4
+    camera = clip_camera(pairs, TH)
+    assert camera["label"] == name, camera
+
+
+def test_the_pan_and_tilt_numbers_are_the_window_speed_at_the_reference_size(measured):
+    # SPEED px per frame at 180 px high, one sampling step apart, measured at the 128 px short side
+    step_frames = FPS / SAMPLER.fps
+    expected = SPEED * step_frames * MotionConfig().short_side / 180
+    for name, axis, sign in (("pan_right", "pan_px", -1), ("pan_left", "pan_px", 1)):
+        assert clip_camera(measured[name][1], TH)[axis] == pytest.approx(sign * expected, rel=0.1), name
+    for name, axis, sign in (("tilt_down", "tilt_px", -1), ("tilt_up", "tilt_px", 1)):
+        assert clip_camera(measured[name][1], TH)[axis] == pytest.approx(sign * expected, rel=0.1), name
+
+
+def test_the_fit_recovers_a_constructed_similarity_flow():
+    h, w = 90, 160
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    x, y = xs - (w - 1) / 2, ys - (h - 1) / 2
+    tx, ty, s, r = 1.5, -0.75, 0.02, 0.01
+    flow = np.stack([tx + s * x - r * y, ty + r * x + s * y], axis=-1)
+    fit = fit_pair(flow)
+    assert (fit.tx, fit.ty, fit.zoom, fit.rotation) == pytest.approx((tx, ty, s, r), abs=1e-4)
+    assert fit.residual < 1e-4
+    # the same flow plus independent motion of things in the picture: no longer one camera motion
+    rng = np.random.default_rng(0)
+    assert fit_pair(flow + rng.normal(0, 6, flow.shape).astype(np.float32)).residual > TH.complex_residual
+    assert pair_label(fit_pair(np.zeros((h, w, 2), np.float32)), TH) == "static"
+
+
+def test_a_clip_without_pairs_has_no_camera_label():
+    assert clip_camera([], TH) is None
