@@ -11,7 +11,7 @@ import pytest
 
 from curation.frames import sample_frames
 from curation.scoring import MotionScorer
-from curation.scoring.camera import CameraThresholds, PairMotion, clip_camera, fit_pair, pair_label
+from curation.scoring.camera import CameraThresholds, PairMotion, clip_camera, fit_pair, pair_label, windows
 from curation.scoring_config import FrameSamplerConfig, MotionConfig
 from curation.synthetic import Shot, VideoSpec, make_video
 
@@ -39,6 +39,9 @@ CLIPS = {
     + ",zoompan=z='1.5-0.005*on':d=1:x='iw/2-iw/zoom/2':y='ih/2-ih/zoom/2':s=320x180:fps={r}",
     "shake": window("800x500", "320:180:x='240+30*sin(n*2.7)':y='160+24*sin(n*1.9+1)'"),
 }
+HOLD_THEN_PAN = window(
+    "1400x180", f"320:180:x='if(lt(n,{FPS * SECONDS // 2}),0,(n-{FPS * SECONDS // 2})*{SPEED})':y=0"
+)
 
 
 @pytest.fixture(scope="module")
@@ -49,15 +52,27 @@ def measured(tmp_path_factory) -> dict[str, tuple[dict, list[PairMotion]]]:
     for name, graph in CLIPS.items():
         path = make_video(d / f"{name}.mp4", VideoSpec([Shot(graph, SECONDS * FPS)], 320, 180, str(FPS)))
         out[name] = scorer.measure(sample_frames(Path(path), SAMPLER))
+    path = make_video(
+        d / "hold_then_pan.mp4", VideoSpec([Shot(HOLD_THEN_PAN, SECONDS * FPS)], 320, 180, str(FPS))
+    )
+    frames = sample_frames(Path(path), SAMPLER)
+    out["hold_then_pan"] = (*scorer.measure(frames), [float(frames.timestamps[a]) for a, _ in frames.pairs()])
     return out
 
 
 @pytest.mark.parametrize("name", list(CLIPS))
 def test_each_made_camera_motion_gets_its_label(measured, name):
-    scores, pairs = measured[name]
+    _, pairs = measured[name]
     assert len(pairs) >= 4
     camera = clip_camera(pairs, TH)
     assert camera["label"] == name, camera
+
+
+def test_windows_label_each_stretch_of_a_clip_that_holds_then_pans(measured):
+    _, pairs, starts = measured["hold_then_pan"]
+    got = windows(pairs, starts, SECONDS / 2, TH)
+    assert [w["label"] for w in got] == ["static", "pan_right"], (got, starts)
+    assert [(w["start_s"], w["end_s"]) for w in got] == [(0, SECONDS / 2), (SECONDS / 2, SECONDS)]
 
 
 def test_the_pan_and_tilt_numbers_are_the_window_speed_at_the_reference_size(measured):

@@ -123,3 +123,17 @@ def clip_camera(pairs: list[PairMotion], th: CameraThresholds) -> dict | None:
         "residual": float(np.mean([p.residual for p in pairs])),
         "pairs": dict(Counter(labels)),
     }
+
+
+def windows(
+    pairs: list[PairMotion], starts: list[float], window_s: float, th: CameraThresholds
+) -> list[dict]:
+    """The label of each `window_s` stretch of the clip, from the pairs that start in it (`starts`: each
+    pair's first sample time, seconds from the clip start), in order; stretches without a pair are left out."""
+    groups: dict[int, list[PairMotion]] = {}
+    for pair, start in zip(pairs, starts, strict=True):
+        groups.setdefault(int(start // window_s), []).append(pair)
+    return [
+        {"start_s": k * window_s, "end_s": (k + 1) * window_s, "label": clip_camera(group, th)["label"]}
+        for k, group in sorted(groups.items())
+    ]
