@@ -44,6 +44,7 @@ class ClipRecord:
     codec: str | None = None
     shard: str | None = None  # shard file name holding the clip (kept clips)
     scores: dict[str, float | None] = field(default_factory=lambda: dict.fromkeys(SCORE_NAMES))
+    camera: dict | None = None  # curation.scoring.camera.camera_record: label, numbers, windows
     caption: dict | None = None
     caption_metrics: dict | None = None
     errors: list[dict] = field(default_factory=list)
@@ -67,10 +68,14 @@ def flatten_record(record: dict) -> dict:
     Fields the record lacks (a shard from elsewhere) become nulls; `caption_metrics` is kept as JSON.
     """
     row = {
-        k: v for k, v in record.items() if k not in ("scores", "caption", "caption_metrics", "caption_prev")
+        k: v
+        for k, v in record.items()
+        if k not in ("scores", "camera", "caption", "caption_metrics", "caption_prev")
     }
     scores = record.get("scores") or {}
     row.update({f"scores.{name}": scores.get(name) for name in SCORE_NAMES})
+    camera = record.get("camera") or {}
+    row.update({f"camera.{name}": camera.get(name) for name in CAMERA_FIELDS})
     caption = record.get("caption") or {}
     for name in ("summary", "segments", "model", "prompt_id"):
         row[f"caption.{name}"] = caption.get(name)
@@ -81,6 +86,8 @@ def flatten_record(record: dict) -> dict:
     return row
 
 
+CAMERA_FIELDS = ("label", "pan_px", "tilt_px", "zoom", "rotation", "residual", "windows")
+CAMERA_WINDOW_TYPE = pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("label", pa.string())])
 SEGMENT_TYPE = pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("text", pa.string())])
 ERROR_TYPE = pa.struct([("stage", pa.string()), ("message", pa.string())])
 
@@ -106,6 +113,9 @@ CLIP_SCHEMA = pa.schema(
         ("shard", pa.string()),
         ("errors", pa.list_(ERROR_TYPE)),
         *[(f"scores.{name}", pa.float64()) for name in SCORE_NAMES],
+        ("camera.label", pa.string()),
+        *[(f"camera.{name}", pa.float64()) for name in ("pan_px", "tilt_px", "zoom", "rotation", "residual")],
+        ("camera.windows", pa.list_(CAMERA_WINDOW_TYPE)),
         ("caption.summary", pa.string()),
         ("caption.segments", pa.list_(SEGMENT_TYPE)),
         ("caption.model", pa.string()),

@@ -144,6 +144,19 @@ CAPTION = _object_of(
     }
 )
 
+CAMERA_WINDOW = _object_of({"start_s": NUMBER, "end_s": NUMBER, "label": STRING})
+CAMERA = _object_of(
+    {
+        "label": STRING,
+        "pan_px": NUMBER,
+        "tilt_px": NUMBER,
+        "zoom": NUMBER,
+        "rotation": NUMBER,
+        "residual": NUMBER,
+        "windows": _list_of(CAMERA_WINDOW, required=("start_s", "end_s", "label")),
+    }
+)
+
 FIELDS: dict[str, Check] = {
     "clip_id": STRING,
     "source": STRING,
@@ -164,6 +177,7 @@ FIELDS: dict[str, Check] = {
     "codec": STRING,
     "shard": STRING,
     "scores": _object_of(each=NUMBER),
+    "camera": CAMERA,
     "caption": CAPTION,
     "caption_metrics": _object_of(),
     "errors": _list_of(ERROR),

@@ -71,6 +71,29 @@ class MotionConfig:
 
 
 @dataclass
+class CameraConfig:
+    """Camera motion labels (`curation/scoring/camera.py`) from the motion scorer's flow: static, pan_left,
+    pan_right, tilt_up, tilt_down, zoom_in, zoom_out, shake, complex. Needs `scoring.motion`; distances are
+    in its reference pixels per sampling step."""
+
+    enabled: bool = True
+    static_px: float = 0.5
+    """Below this the picture moves less than half a pixel, at its centre and its corners: a still camera."""
+    complex_residual: float = 0.6
+    """Above this share of the flow left unexplained by one camera motion, a pair is `complex`."""
+    shake_ratio: float = 0.4
+    """A moving clip whose mean shift is under this share of its mean shift length goes nowhere: `shake`."""
+    window_s: float = 2.0
+    """Labels are also given per stretch of this length (`camera.windows`)."""
+
+    def __post_init__(self):
+        check(self.static_px > 0, "scoring.camera.static_px", "must be > 0")
+        check(0 < self.complex_residual <= 1, "scoring.camera.complex_residual", "must be in (0, 1]")
+        check(0 < self.shake_ratio < 1, "scoring.camera.shake_ratio", "must be in (0, 1)")
+        check(self.window_s > 0, "scoring.camera.window_s", "must be > 0")
+
+
+@dataclass
 class QualityConfig:
     """Model-free picture quality: exposure, contrast, colour, sharpness, frozen frames."""
 
@@ -135,6 +158,7 @@ class ScoringConfig:
 
     frames: FrameSamplerConfig = field(default_factory=FrameSamplerConfig)
     motion: MotionConfig = field(default_factory=MotionConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     aesthetic: AestheticConfig = field(default_factory=AestheticConfig)
 

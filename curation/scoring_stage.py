@@ -12,6 +12,7 @@ from curation.errors import InputRejected
 from curation.frames import sample_frames
 from curation.quarantine import drop_clip, is_transient, retry_transient
 from curation.scoring import MotionScorer, QualityScorer
+from curation.scoring.camera import camera_record
 from curation.splitter import TaskResult
 
 
@@ -55,9 +56,14 @@ class CpuScoringStage:
                 record.errors.append({"stage": "scoring", "message": rejected.reason})
                 return
             result.samples[record.clip_id] = frames
-        for scorer in (self.motion, self.quality):
-            if scorer is not None:
-                record.scores.update(scorer.score(frames))
+        if self.motion is not None:
+            scores, pairs = self.motion.measure(frames)
+            record.scores.update(scores)
+            if self.cfg.scoring.camera.enabled:
+                starts = [float(frames.timestamps[a]) for a, _ in frames.pairs()]
+                record.camera = camera_record(pairs, starts, self.cfg.scoring.camera)
+        if self.quality is not None:
+            record.scores.update(self.quality.score(frames))
 
 
 class AestheticStage:

@@ -11,8 +11,8 @@ import pytest
 
 from curation.frames import sample_frames
 from curation.scoring import MotionScorer
-from curation.scoring.camera import CameraThresholds, PairMotion, clip_camera, fit_pair, pair_label, windows
-from curation.scoring_config import FrameSamplerConfig, MotionConfig
+from curation.scoring.camera import PairMotion, clip_camera, fit_pair, pair_label, windows
+from curation.scoring_config import CameraConfig, FrameSamplerConfig, MotionConfig
 from curation.synthetic import Shot, VideoSpec, make_video
 
 FPS = 25
@@ -20,7 +20,7 @@ SECONDS = 3
 SPEED = 4  # pixels per frame of the pans and tilts, at 320x180
 TEXTURE = "color=c=gray:s={size}:r={{r}},noise=alls=100:allf=u,gblur=sigma=3,eq=contrast=4"
 SAMPLER = FrameSamplerConfig()
-TH = CameraThresholds()
+TH = CameraConfig()
 
 
 def window(size: str, crop: str) -> str:
@@ -70,7 +70,7 @@ def test_each_made_camera_motion_gets_its_label(measured, name):
 
 def test_windows_label_each_stretch_of_a_clip_that_holds_then_pans(measured):
     _, pairs, starts = measured["hold_then_pan"]
-    got = windows(pairs, starts, SECONDS / 2, TH)
+    got = windows(pairs, starts, CameraConfig(window_s=SECONDS / 2))
     assert [w["label"] for w in got] == ["static", "pan_right"], (got, starts)
     assert [(w["start_s"], w["end_s"]) for w in got] == [(0, SECONDS / 2), (SECONDS / 2, SECONDS)]
 

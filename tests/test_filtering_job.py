@@ -2,6 +2,7 @@
 keeps everything, dropped clips kept for inspection, embeddings written, run.json summaries."""
 
 import json
+import math
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -67,6 +68,10 @@ def test_rules_drop_still_and_dark_clips_and_keep_them_for_inspection(
         for s in wds.WebDataset(url, shardshuffle=False)
     }
     assert {r["drop_reason"] for r in dropped.values()} == {"motion<0.0012", "brightness<0.08"}
+    # a held frame: the camera does not move, over the clip and in each of its 2 s windows
+    still = rows["still"]
+    assert still["camera.label"] == "static" and dropped[still["clip_id"]]["camera"]["label"] == "static"
+    assert [w["label"] for w in still["camera.windows"]] == ["static"] * math.ceil(still["duration_s"] / 2)
 
     assert run["filters"]["drops_by_rule"] == {"brightness<0.08": 1, "motion<0.0012": 1, "sharpness<20": 0}
     assert run["scores"]["motion"]["count"] == 3

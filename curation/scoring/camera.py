@@ -24,23 +24,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from curation.scoring_config import CameraConfig
+
 LABELS = (
     "static", "pan_left", "pan_right", "tilt_up", "tilt_down", "zoom_in", "zoom_out", "shake", "complex",
 )  # fmt: skip
 GRID_STEP = 4  # fit on every 4th pixel in each direction: the flow is smooth, the fit does not need more
 INLIER_PX, INLIER_SCALE = 1.0, 3.0  # the second fit keeps points within max(1 px, 3x the median miss)
-
-
-@dataclass(frozen=True)
-class CameraThresholds:
-    """What separates the labels, in reference pixels per sampling step (see `MotionConfig.short_side`)."""
-
-    static_px: float = 0.5
-    """Below this the picture moves less than half a pixel at its corners: a still camera."""
-    complex_residual: float = 0.6
-    """Above this share of the flow unexplained by one camera motion, the clip is `complex`."""
-    shake_ratio: float = 0.4
-    """A moving clip whose mean shift is under this share of its mean shift length goes nowhere: `shake`."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +75,7 @@ def fit_pair(flow: np.ndarray) -> PairMotion:
     return PairMotion(float(tx), float(ty), float(s), float(r), residual, corner)
 
 
-def pair_label(motion: PairMotion, th: CameraThresholds) -> str:
+def pair_label(motion: PairMotion, th: CameraConfig) -> str:
     """The camera motion of one pair."""
     if max(motion.shift_px, motion.corner_px) < th.static_px:
         return "static"
@@ -100,7 +90,7 @@ def pair_label(motion: PairMotion, th: CameraThresholds) -> str:
     return "tilt_up" if motion.ty > 0 else "tilt_down"
 
 
-def clip_camera(pairs: list[PairMotion], th: CameraThresholds) -> dict | None:
+def clip_camera(pairs: list[PairMotion], th: CameraConfig) -> dict | None:
     """The clip's label and the numbers behind it (means over its pairs), or None without pairs."""
     if not pairs:
         return None
@@ -121,19 +111,25 @@ def clip_camera(pairs: list[PairMotion], th: CameraThresholds) -> dict | None:
         "zoom": float(np.mean([p.zoom for p in pairs])),
         "rotation": float(np.mean([p.rotation for p in pairs])),
         "residual": float(np.mean([p.residual for p in pairs])),
-        "pairs": dict(Counter(labels)),
     }
 
 
-def windows(
-    pairs: list[PairMotion], starts: list[float], window_s: float, th: CameraThresholds
-) -> list[dict]:
-    """The label of each `window_s` stretch of the clip, from the pairs that start in it (`starts`: each
+def windows(pairs: list[PairMotion], starts: list[float], th: CameraConfig) -> list[dict]:
+    """The label of each `th.window_s` stretch of the clip, from the pairs that start in it (`starts`: each
     pair's first sample time, seconds from the clip start), in order; stretches without a pair are left out."""
+    step = th.window_s
     groups: dict[int, list[PairMotion]] = {}
     for pair, start in zip(pairs, starts, strict=True):
-        groups.setdefault(int(start // window_s), []).append(pair)
+        groups.setdefault(int(start // step), []).append(pair)
     return [
-        {"start_s": k * window_s, "end_s": (k + 1) * window_s, "label": clip_camera(group, th)["label"]}
+        {"start_s": k * step, "end_s": (k + 1) * step, "label": clip_camera(group, th)["label"]}
         for k, group in sorted(groups.items())
     ]
+
+
+def camera_record(pairs: list[PairMotion], starts: list[float], th: CameraConfig) -> dict | None:
+    """The clip record's `camera`: the clip's label and numbers, and its windows' labels."""
+    camera = clip_camera(pairs, th)
+    if camera is not None:
+        camera["windows"] = windows(pairs, starts, th)
+    return camera
