@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from curation.scoring_config import FilterConfig, FilterRule
 
 
-def check_rule(rule: FilterRule, value: float | None) -> str | None:
+def check_rule(rule: FilterRule, value: float | str | None) -> str | None:
     """The drop reason if `value` fails `rule`, else None (a null or non-finite value passes)."""
+    if rule.drop is not None:  # a camera label
+        return f"{rule.score}={value}" if value in rule.drop else None
     if value is None or not math.isfinite(value):
         return None
     if rule.min is not None and value < rule.min:
@@ -30,6 +32,8 @@ def check_rule(rule: FilterRule, value: float | None) -> str | None:
 
 def rule_reasons(rule: FilterRule) -> list[str]:
     """Every drop reason `rule` can give, as `check_rule` spells them."""
+    if rule.drop is not None:
+        return [f"{rule.score}={label}" for label in rule.drop]
     out = []
     if rule.min is not None:
         out.append(f"{rule.score}<{rule.min:g}")
@@ -38,7 +42,7 @@ def rule_reasons(rule: FilterRule) -> list[str]:
     return out
 
 
-def decide(scores: Mapping[str, float | None], cfg: FilterConfig) -> tuple[bool, str | None]:
+def decide(scores: Mapping[str, float | str | None], cfg: FilterConfig) -> tuple[bool, str | None]:
     """(keep, reason): the first rule in `cfg.rules` that the scores fail, or (True, None)."""
     if cfg.mode == "score-only":
         return True, None

@@ -21,6 +21,10 @@ SCORE_NAMES = (
 # Extra keys of the quality scorer: the picture without letterbox/pillarbox bars, in source pixels.
 CONTENT_BOX_NAMES = ("content_x", "content_y", "content_w", "content_h")
 FILTERABLE_SCORES = SCORE_NAMES + CONTENT_BOX_NAMES
+CAMERA_LABELS = (
+    "static", "pan_left", "pan_right", "tilt_up", "tilt_down", "zoom_in", "zoom_out", "shake", "complex",
+)  # fmt: skip
+"""The camera motion labels (`curation.scoring.camera`), which a `{score: camera, drop: [...]}` rule names."""
 
 
 @dataclass
@@ -165,11 +169,13 @@ class ScoringConfig:
 
 @dataclass
 class FilterRule:
-    """Keep a clip only if `min <= scores[score] <= max` (either bound may be left out)."""
+    """Keep a clip only if `min <= scores[score] <= max` (either bound may be left out); or, for
+    `score: camera`, only if its camera label is not one of `drop` (e.g. `drop: [shake, complex]`)."""
 
     score: str
     min: float | None = None
     max: float | None = None
+    drop: list[str] | None = None
 
 
 def default_rules() -> list[FilterRule]:
@@ -206,6 +212,16 @@ class FilterConfig:
     def __post_init__(self):
         for i, rule in enumerate(self.rules):
             key = f"filters.rules[{i}]"
+            if rule.score == "camera":
+                check(
+                    rule.min is None and rule.max is None and rule.drop,
+                    key,
+                    "camera rules take `drop: [labels]`",
+                )
+                unknown = [label for label in rule.drop if label not in CAMERA_LABELS]
+                check(not unknown, f"{key}.drop", f"unknown {unknown}; one of {', '.join(CAMERA_LABELS)}")
+                continue
+            check(rule.drop is None, f"{key}.drop", "only `score: camera` rules drop labels")
             close = difflib.get_close_matches(rule.score, FILTERABLE_SCORES, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             check(

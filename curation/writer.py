@@ -94,7 +94,8 @@ def apply_filters(result: TaskResult, clip_filter: ClipFilter) -> None:
     """Apply the filter rules to every written clip that no earlier stage dropped (idempotent)."""
     for record in result.clips:
         if record.kept and record.clip_id in result.media:
-            record.kept, record.drop_reason = clip_filter(record.scores)
+            camera = (record.camera or {}).get("label")
+            record.kept, record.drop_reason = clip_filter({**record.scores, "camera": camera})
 
 
 def _embedding_rows(result: TaskResult) -> list[dict]:

@@ -4,16 +4,20 @@ or `zoompan` (zooms), and the same window held still."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from curation import config
+from curation.filters import decide, rule_reasons
 from curation.frames import sample_frames
 from curation.scoring import MotionScorer
 from curation.scoring.camera import PairMotion, clip_camera, fit_pair, pair_label, windows
 from curation.scoring_config import CameraConfig, FrameSamplerConfig, MotionConfig
 from curation.synthetic import Shot, VideoSpec, make_video
+from jobs.job_configs import CurateJobConfig
 
 FPS = 25
 SECONDS = 3
@@ -102,3 +106,25 @@ def test_the_fit_recovers_a_constructed_similarity_flow():
 
 def test_a_clip_without_pairs_has_no_camera_label():
     assert clip_camera([], TH) is None
+
+
+def test_a_camera_rule_drops_the_labels_it_names_and_nothing_else():
+    rules = "filters.rules=[{score: camera, drop: [shake, complex]}, {score: motion, min: 0.001}]"
+    cfg = config.load(CurateJobConfig, "curate", "default", [rules]).filters
+    assert decide({"camera": "shake", "motion": 0.01}, cfg) == (False, "camera=shake")
+    assert decide({"camera": "pan_left", "motion": 0.01}, cfg) == (True, None)
+    assert decide({"camera": None, "motion": 0.0}, cfg) == (False, "motion<0.001")  # no label: passes
+    assert rule_reasons(cfg.rules[0]) == ["camera=shake", "camera=complex"]
+
+
+@pytest.mark.parametrize(
+    "rule, key",
+    [
+        ("{score: camera, drop: [wobble]}", "filters.rules[0].drop"),
+        ("{score: camera, min: 1}", "filters.rules[0]"),
+        ("{score: motion, min: 0.1, drop: [shake]}", "filters.rules[0].drop"),
+    ],
+)
+def test_a_bad_camera_rule_names_its_key(rule, key):
+    with pytest.raises(config.ConfigError, match=rf"^{re.escape(key)}: "):
+        config.load(CurateJobConfig, "curate", "default", [f"filters.rules=[{rule}]"])

@@ -26,9 +26,6 @@ import numpy as np
 
 from curation.scoring_config import CameraConfig
 
-LABELS = (
-    "static", "pan_left", "pan_right", "tilt_up", "tilt_down", "zoom_in", "zoom_out", "shake", "complex",
-)  # fmt: skip
 GRID_STEP = 4  # fit on every 4th pixel in each direction: the flow is smooth, the fit does not need more
 INLIER_PX, INLIER_SCALE = 1.0, 3.0  # the second fit keeps points within max(1 px, 3x the median miss)
 
