@@ -148,7 +148,9 @@ class Captioner:
         for c, clip in enumerate(clips):
             for w, window in enumerate(clip.windows):
                 rendered = self.prompt.render(
-                    window.duration_s, cfg.parse.min_segments_for(window.duration_s)
+                    window.duration_s,
+                    cfg.parse.min_segments_for(window.duration_s),
+                    clip.hints.placeholders(window.start_s, window.end_s),
                 )
                 units.append(_Unit(c, w, VideoPrompt(window, rendered), window.duration_s))
         for attempt in range(cfg.attempts):

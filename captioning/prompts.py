@@ -3,8 +3,10 @@
 A prompt's id is its file stem (`dense_v1`) and is stored with every caption (`caption.prompt_id`),
 so a released prompt file is never edited: a changed prompt is a new file (`dense_v2.txt`). Lines
 starting with `#` at the top of a file are notes for people and are not part of the prompt. The
-text may use two placeholders, `{duration_s}` (the clip length in seconds, one decimal) and
-`{min_segments}`; literal braces are written doubled (`{{`, `}}`), as in `str.format`.
+text may use the placeholders `{duration_s}` (the clip length in seconds, one decimal),
+`{min_segments}`, and the measured hints of `captioning.prompt_hints`: `{camera}` (what the camera
+does, from the motion scorer) and `{screen_text}` (text recognised on screen); literal braces are
+written doubled (`{{`, `}}`), as in `str.format`.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
+from captioning.prompt_hints import NOT_MEASURED
+
 PROMPT_DIR = Path(__file__).resolve().parent / "prompts"
-PLACEHOLDERS = ("duration_s", "min_segments")
+PLACEHOLDERS = ("duration_s", "min_segments", "camera", "screen_text")
+HINTS = ("camera", "screen_text")
 _PROMPT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -39,13 +44,15 @@ class Prompt:
         """A short hash of the template, for run.json: proves which text an id stood for."""
         return hashlib.sha256(self.text.encode()).hexdigest()[:12]
 
-    def render(self, duration_s: float, min_segments: int) -> str:
-        """The prompt for one clip of `duration_s` seconds that must get `min_segments` or more segments."""
+    def render(self, duration_s: float, min_segments: int, hints: dict[str, str] | None = None) -> str:
+        """The prompt for one clip of `duration_s` seconds that must get `min_segments` or more segments;
+        `hints` fills `{camera}` and `{screen_text}` (`ClipHints.placeholders`), "not measured" if absent."""
         if not math.isfinite(duration_s) or duration_s <= 0:
             raise ValueError(f"clip duration must be a positive number of seconds, got {duration_s!r}")
         if min_segments < 1:
             raise ValueError(f"min_segments must be >= 1, got {min_segments}")
-        return self.text.format(duration_s=f"{duration_s:.1f}", min_segments=int(min_segments))
+        filled = dict.fromkeys(HINTS, NOT_MEASURED) | (hints or {})
+        return self.text.format(duration_s=f"{duration_s:.1f}", min_segments=int(min_segments), **filled)
 
 
 def available_prompts() -> list[str]:

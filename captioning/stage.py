@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from captioning.caption_config import CaptionConfig
 from captioning.captioner import Captioner, CaptionOutcome, CaptionStats, undecodable
+from captioning.prompt_hints import ClipHints
 from captioning.video_frames import PreparedClip, prepare_clip
 from curation.errors import InputRejected
 from curation.quarantine import INTERNAL_ERROR, internal_error_row, is_transient
@@ -19,11 +20,14 @@ class CaptionPrep:
     def __init__(self, cfg: CaptionConfig):
         self.cfg = cfg
 
-    def run(self, clips: list[tuple[str, bytes]]) -> tuple[list[PreparedClip], list[CaptionOutcome]]:
+    def run(
+        self, clips: list[tuple[str, bytes]], hints: dict[str, ClipHints] | None = None
+    ) -> tuple[list[PreparedClip], list[CaptionOutcome]]:
+        """`clips` as (key, mp4 bytes); `hints` by key, from the clips' records, for the prompt."""
         prepared, failed = [], []
         for key, mp4 in clips:
             try:
-                prepared.append(prepare_clip(key, mp4, self.cfg.frames))
+                prepared.append(prepare_clip(key, mp4, self.cfg.frames, (hints or {}).get(key)))
             except InputRejected as rejected:
                 failed.append(undecodable(key, rejected.reason))
             except Exception as exc:  # a bug of ours on this clip: its row says so, the others go on

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from captioning.caption_config import CaptionFramesConfig
+from captioning.prompt_hints import ClipHints
 from curation import ffmpeg_tools
 from curation.errors import InputRejected
 from curation.frames import decode_rgb
@@ -52,11 +53,13 @@ class VideoWindow:
 
 @dataclass
 class PreparedClip:
-    """A clip ready for the model: its key, its length and its windows in time order."""
+    """A clip ready for the model: its key, its length, its windows in time order, and what curation
+    measured about it for the prompt's hints."""
 
     key: str
     duration_s: float
     windows: list[VideoWindow]
+    hints: ClipHints = ClipHints()
 
 
 def fit_pixels(width: int, height: int, max_pixels: int) -> tuple[int, int]:
@@ -80,7 +83,9 @@ def evenly(indices: list[int], limit: int) -> list[int]:
     return [indices[i] for i in picks]
 
 
-def prepare_clip(key: str, mp4: bytes, cfg: CaptionFramesConfig) -> PreparedClip:
+def prepare_clip(
+    key: str, mp4: bytes, cfg: CaptionFramesConfig, hints: ClipHints | None = None
+) -> PreparedClip:
     """Decode a clip's bytes into its caption windows. Raises InputRejected when it does not decode."""
     with tempfile.TemporaryDirectory(prefix="reelmill-caption-") as tmp:
         path = os.path.join(tmp, "clip.mp4")  # a file: an mp4 without faststart cannot be read from a pipe
@@ -106,4 +111,4 @@ def prepare_clip(key: str, mp4: bytes, cfg: CaptionFramesConfig) -> PreparedClip
         picks = evenly(inside, cfg.max_frames)
         offsets = np.clip(times[picks] - start, 0.0, None)
         windows.append(VideoWindow(start, end, rgb[picks], offsets, info.fps))
-    return PreparedClip(key, info.duration_s, windows)
+    return PreparedClip(key, info.duration_s, windows, hints or ClipHints())

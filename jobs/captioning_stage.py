@@ -15,6 +15,7 @@ import ray
 
 from captioning.caption_config import CaptionConfig
 from captioning.captioner import CaptionStats
+from captioning.prompt_hints import ClipHints
 from captioning.prompts import PromptError, load_prompt
 from captioning.stage import CaptionModelStage, CaptionPrep
 from curation.config import ConfigError
@@ -36,9 +37,11 @@ def check_captioning(cfg: CaptionConfig) -> None:
         raise ConfigError(str(exc)) from None
 
 
-def prep_columns(clips: list[tuple[str, bytes]], cfg: CaptionConfig) -> dict:
+def prep_columns(
+    clips: list[tuple[str, bytes]], cfg: CaptionConfig, hints: dict[str, ClipHints] | None = None
+) -> dict:
     """The row columns the caption actors read: prepared frames and the clips that failed to decode."""
-    prepared, failed = CaptionPrep(cfg).run(clips)
+    prepared, failed = CaptionPrep(cfg).run(clips, hints)
     return {"prepared": pickle.dumps(prepared), "failed": pickle.dumps(failed)}
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import ray
 
+from captioning.prompt_hints import ClipHints
 from captioning.stage import apply_to_clip
 from curation import config as config_lib
 from curation import ffmpeg_tools, storage
@@ -248,12 +249,10 @@ def _caption_prep_row(row: dict, cfg: CurateJobConfig) -> dict:
     result = _live(row["result"])
     result.samples.clear()  # scored already; nothing downstream reads them
     apply_filters(result, ClipFilter(cfg.filters))
-    kept = [
-        (r.clip_id, result.media[r.clip_id]["mp4"])
-        for r in result.clips
-        if r.kept and r.clip_id in result.media
-    ]
-    return {"task_id": row["task_id"], "result": result, **prep_columns(kept, cfg.captioning)}
+    kept = [r for r in result.clips if r.kept and r.clip_id in result.media]
+    clips = [(r.clip_id, result.media[r.clip_id]["mp4"]) for r in kept]
+    hints = {r.clip_id: ClipHints.from_record(vars(r)) for r in kept}
+    return {"task_id": row["task_id"], "result": result, **prep_columns(clips, cfg.captioning, hints)}
 
 
 def _unwritten(row: dict, exc: Exception, stage: str) -> dict:

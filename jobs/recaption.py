@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 import ray
 
 from captioning.captioner import CaptionOutcome
+from captioning.prompt_hints import ClipHints
 from captioning.stage import CaptionPrep
 from curation import config as config_lib
 from curation import ffmpeg_tools, storage
@@ -150,7 +151,9 @@ def _prepare(ident: str, sample: dict, prep: CaptionPrep, prepared: list, failed
     if video is None or TOO_LARGE in sample:
         return
     try:
-        ready, bad = prep.run([(ident, sample[video])])
+        json_name = member(sample, "json")
+        record = check_record_json(sample[json_name] if json_name else None).record
+        ready, bad = prep.run([(ident, sample[video])], {ident: ClipHints.from_record(record)})
     except Exception as exc:  # noqa: BLE001 (one sample's bug is that sample's row)
         raise_if_transient(exc)
         sample[QUARANTINED] = internal_error_row(exc, "recaption.prepare")
