@@ -140,7 +140,7 @@ class CaptionConfig:
     """The captioning stage: dense temporal captions for every kept clip."""
 
     enabled: bool = True
-    prompt_id: str = "dense_v1"
+    prompt_id: str = "dense_v2"
     """A prompt file stem under captioning/prompts/ (stored with every caption)."""
     vlm: VLMConfig = field(default_factory=VLMConfig)
     frames: CaptionFramesConfig = field(default_factory=CaptionFramesConfig)

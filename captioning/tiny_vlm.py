@@ -164,7 +164,7 @@ def _random_window(rng: np.random.Generator, duration_s: float) -> VideoWindow:
 def fit_answer(
     model_dir: str,
     answer: str = STAND_IN_ANSWER,
-    prompt_id: str = "dense_v1",
+    prompt_id: str = "dense_v2",
     max_steps: int = 600,
     batch_size: int = 4,
     lr: float = 3e-3,

@@ -111,7 +111,7 @@ def test_fitted_model_writes_a_valid_caption_through_the_real_parser(tiny_vlm, f
     (outcome,), stats = captioner(tiny_vlm, cfg).run([clip])
     assert outcome.failure is None, outcome.detail
     expected = parse_caption(STAND_IN_ANSWER, clip.duration_s)
-    assert outcome.caption == expected.to_record(tiny_vlm, "dense_v1")
+    assert outcome.caption == expected.to_record(tiny_vlm, "dense_v2")
     assert (
         outcome.text.splitlines()[1]
         == "[0.0-1.0s] The tiny test model writes this first segment for every clip."

@@ -57,7 +57,7 @@ def test_curate_captions_every_kept_clip(curated, tiny_vlm):
     for key, sample in samples.items():
         record = json.loads(sample["json"])
         caption = record["caption"]
-        assert caption["model"] == tiny_vlm and caption["prompt_id"] == "dense_v1"
+        assert caption["model"] == tiny_vlm and caption["prompt_id"] == "dense_v2"
         parsed = parse_caption(STAND_IN_ANSWER, record["duration_s"])
         assert caption["summary"] == parsed.summary
         assert sample["txt"].decode() == format_training_caption(parsed)
