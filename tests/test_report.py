@@ -35,7 +35,7 @@ OTHER_ANSWER = (
     "1.5-2.0s: And a closing line that the first model never writes."
 )
 SECTIONS = [
-    "funnel", "scores", "captions", "alignment",
+    "funnel", "scores", "captions", "alignment", "camera",
     "examples-worst_aligned", "examples-random", "examples-longest_captions",
 ]  # fmt: skip
 
@@ -185,6 +185,30 @@ def test_galleries_show_sheets_and_point_into_the_shards(curated):
                 s["__key__"] for s in wds.WebDataset(str(out / "shards" / clip["shard"]), shardshuffle=False)
             ]
             assert clip["key"] in keys
+
+
+def test_camera_table_counts_each_label_as_the_manifest_does_and_shows_kept_examples(curated):
+    out, _, report = curated
+    clips = manifest(out, "clips")
+    labelled = clips.dropna(subset=["camera.label"])
+    cam = report["camera"]
+    assert {r["label"]: r["clips"] for r in cam["labels"]} == labelled["camera.label"].value_counts().to_dict()
+    kept = labelled[labelled.kept]
+    assert {r["label"]: r["kept"] for r in cam["labels"]} == {
+        label: int((kept["camera.label"] == label).sum()) for label in labelled["camera.label"].unique()
+    }
+    for row in cam["labels"]:
+        mine = labelled[labelled["camera.label"] == row["label"]]
+        assert row["hours"] == pytest.approx(mine.duration_s.sum() / 3600)
+        assert row["mean_pan_px"] == pytest.approx(mine["camera.pan_px"].mean())
+    assert cam["labelled"] == len(labelled) >= 3
+    assert cam["examples"], "a kept clip with a label has an example"
+    by_id = clips.set_index("clip_id")
+    for label, examples in cam["examples"].items():
+        assert 1 <= len(examples) <= 2 == report["settings"]["camera_examples"]
+        for clip in examples:
+            assert by_id.loc[clip["clip_id"], "camera.label"] == label and by_id.loc[clip["clip_id"], "kept"]
+            assert (out / "report" / clip["sheet"]).stat().st_size > 1000
 
 
 def test_the_page_renders_in_chromium_with_every_section_and_image(curated, tmp_path):

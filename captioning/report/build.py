@@ -85,9 +85,10 @@ def measure(run: RunOutputs, cfg: ReportConfig, log=print, keep_frames: bool = T
     aligner, why_not = load_aligner() if pool else (None, "no captioned clips in the shards")
     # with an aligner every sampled clip is decoded and embedded, one at a time; frames are kept only
     # for the clips a gallery shows (the worst aligned ones are decoded again once they are known)
-    shown = random_keys | {c["key"] for c in longest} if keep_frames else set()
+    camera_clips = [c for clips in found.camera["examples"].values() for c in clips]
+    shown = random_keys | {c["key"] for c in [*longest, *camera_clips]} if keep_frames else set()
     to_decode = {c["key"]: c for c in pool if aligner is not None or c["key"] in shown}
-    to_decode.update({c["key"]: c for c in longest if c["key"] in shown})
+    to_decode.update({c["key"]: c for c in [*longest, *camera_clips] if c["key"] in shown})
     frames, embeddings, failed = {}, {}, {}
     pool_keys = {c["key"] for c in pool}
     for key, clip_frames, problem in iter_clip_frames(list(to_decode.values()), run.shard_uri, cfg, log):
@@ -160,6 +161,7 @@ def measure(run: RunOutputs, cfg: ReportConfig, log=print, keep_frames: bool = T
         "resolutions": found.resolutions,
         "captions": found.captions,
         "alignment": alignment,
+        "camera": found.camera,
         "examples": examples,
     }
     return report, frames
@@ -211,7 +213,7 @@ def draw(report: dict, frames: dict, directory: str, cfg: ReportConfig) -> None:
             plots.baseline_histogram(
                 path(f"alignment_{part}"), d["own"], d["shuffled"], f"{part}: own clip vs shuffled"
             )
-    for gallery in report["examples"].values():
+    for gallery in [*report["examples"].values(), *report["camera"]["examples"].values()]:
         for clip in gallery:
             clip_frames = frames.get(clip["key"])
             if clip_frames is None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from captioning.caption_stats import CaptionStatsAccumulator
 from captioning.parsing import _words
+from captioning.report.camera import CAMERA_COLUMNS, CameraCollector, camera_of
 from captioning.report.config import ReportConfig
 from captioning.streaming import Distribution, FrequentItems, Reservoir
 from curation import storage
@@ -186,6 +187,7 @@ def example_clip(row: dict) -> dict:
             "prompt_id": row.get("caption.prompt_id"),
         },
         "caption_metrics": json.loads(metrics) if metrics else None,
+        "camera": camera_of(row),
         "words": len(_words(" ".join([row.get("caption.summary") or ""] + [
             s.get("text") or "" for s in row.get("caption.segments") or []
         ]))),
@@ -290,7 +292,7 @@ def _funnel_recaption(run: RunOutputs, clips: dict) -> dict:
 CLIP_COLUMNS = [
     "clip_id", "key", "source", "source_start_s", "duration_s", "width", "height", "kept", "drop_reason",
     "shard", "errors", "caption.summary", "caption.segments", "caption.model", "caption.prompt_id",
-    "caption_metrics", *(f"scores.{n}" for n in SCORE_NAMES),
+    "caption_metrics", *(f"scores.{n}" for n in SCORE_NAMES), *CAMERA_COLUMNS,
 ]  # fmt: skip
 
 
@@ -305,6 +307,7 @@ class Collected:
     pool: list[dict]
     pool_of: int
     longest: list[dict]
+    camera: dict
 
 
 PROGRESS_ROWS = 100_000
@@ -315,6 +318,7 @@ def collect(run: RunOutputs, cfg: ReportConfig, log=print) -> Collected:
     scores = _ScoreCollector(run.config, cfg.seed)
     captions = CaptionStatsAccumulator(seed=cfg.seed, top_n=20, max_duplicate_clips=cfg.duplicate_clips)
     pool = _ExamplePool(cfg.max_clips, cfg.examples, cfg.seed)
+    camera = CameraCollector(cfg.camera_examples, cfg.seed)
     drops: Counter[str] = Counter()
     totals = {"candidates": 0, "kept": 0, "captioned": 0, "seconds": 0.0, "seconds_kept": 0.0}
     for row in run.layout.iter_manifest(run.layout.clips_manifest, CLIP_COLUMNS):
@@ -332,6 +336,7 @@ def collect(run: RunOutputs, cfg: ReportConfig, log=print) -> Collected:
         scores.add(row)
         captions.add(row)
         pool.add(row)
+        camera.add(row, example_clip)
     totals["drops"] = dict(drops.most_common())
     funnel = (_funnel_recaption if run.job == "recaption" else _funnel_curate)(run, totals)
     mode = (run.config.get("filters") or {}).get("mode")
@@ -346,4 +351,5 @@ def collect(run: RunOutputs, cfg: ReportConfig, log=print) -> Collected:
         pool=pool.reservoir.items,
         pool_of=pool.reservoir.seen,
         longest=pool.longest_captions(),
+        camera=camera.result(),
     )

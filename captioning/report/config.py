@@ -25,6 +25,8 @@ class ReportConfig:
     examples: int = 6
     """Clips shown in each gallery: worst aligned, random, longest captions; and most different
     captions when comparing runs."""
+    camera_examples: int = 2
+    """Kept clips shown per camera label (drawn uniformly per label, seeded)."""
     sheet_frames: int = 8
     """Frames on a clip's contact sheet, evenly spread over the clip."""
     frames_fps: float = 1.0
@@ -56,6 +58,7 @@ class ReportConfig:
     def __post_init__(self):
         for key in ("max_clips", "examples", "sheet_frames", "duplicate_clips", "compare_clips"):
             check(getattr(self, key) >= 1, f"{PREFIX}.{key}", "must be >= 1")
+        check(self.camera_examples >= 0, f"{PREFIX}.camera_examples", "must be >= 0")
         check(self.frames_fps > 0, f"{PREFIX}.frames_fps", "must be > 0")
         check(self.max_frames >= 2, f"{PREFIX}.max_frames", "must be >= 2")
         check(self.max_pixels >= 28 * 28, f"{PREFIX}.max_pixels", "must be >= 784")

@@ -241,6 +241,19 @@ def _alignment(report: dict) -> str:
     return out
 
 
+def _camera_line(camera: dict | None) -> str:
+    """A clip's camera label and, when it changes within the clip, its windows' labels in order."""
+    if not camera:
+        return ""
+    line = f"<code>{esc(camera['label'])}</code>"
+    windows = camera.get("windows") or []
+    if len({w["label"] for w in windows}) > 1:
+        line += (
+            " (" + ", ".join(f"{w['start_s']:.0f}-{w['end_s']:.0f}s {esc(w['label'])}" for w in windows) + ")"
+        )
+    return line
+
+
 def _clip_card(clip: dict, shard_prefix: str = "../shards/") -> str:
     a = clip.get("alignment") or {}
     seg_scores = a.get("segments") or []
@@ -251,6 +264,7 @@ def _clip_card(clip: dict, shard_prefix: str = "../shards/") -> str:
         for i, seg in enumerate(clip["caption"]["segments"])
     )  # fmt: skip
     scores = ", ".join(f"{esc(k)} {fmt(v, 3)}" for k, v in clip["scores"].items()) or "none"
+    camera = _camera_line(clip.get("camera"))
     if clip.get("sheet"):
         picture = f'<img src="{esc(clip["sheet"])}" alt="contact sheet of {esc(clip["key"])}">'
     else:
@@ -265,11 +279,45 @@ def _clip_card(clip: dict, shard_prefix: str = "../shards/") -> str:
         + "</div>"
         f"<p>{esc(clip['caption']['summary'])}</p><ul>{segments}</ul>"
         f'<div class="note">scores: {scores}</div>'
-        f'<div class="note">shard <a href="{esc(shard_prefix + shard)}">{esc(shard)}</a>, key <code>{esc(clip["key"])}</code>'
+        + (f'<div class="note">camera: {camera}</div>' if camera else "")
+        + f'<div class="note">shard <a href="{esc(shard_prefix + shard)}">{esc(shard)}</a>, key <code>{esc(clip["key"])}</code>'
         + (f", source {esc(clip['source'])} at {fmt(clip['source_start_s'], 4)} s" if clip.get("source") else "")
         + f"<br>pull it: <code>tar -xf {esc(shlex.quote('shards/' + shard))} {esc(members)}</code></div>"
         "</div></div>"
     )  # fmt: skip
+
+
+def _camera(report: dict) -> str:
+    cam = report.get("camera") or {}
+    if not cam.get("labels"):
+        return (
+            "<p>No clip has a camera label (<code>scoring.camera.enabled</code> and "
+            "<code>scoring.motion.enabled</code> give every scored clip one).</p>"
+        )
+    out = (
+        '<p class="note">Each scored clip gets the label most of its frame pairs agree on, from a similarity '
+        "transform fitted to the motion scorer's flow (<code>scoring.camera</code>); "
+        "<code>shake</code> is motion that goes back and forth, <code>complex</code> is no majority or flow the "
+        "transform does not explain. Mean numbers per label, per step between sampled frames: pan and tilt "
+        "are the picture's shift in reference pixels (positive: it slides right, down; a camera panning right "
+        "makes it slide left), zoom its relative growth, rotation in radians, residual the share of the flow "
+        "the camera's motion does not explain. "
+        f"{fmt(cam['labelled'])} clips labelled, {fmt(cam['unlabelled'])} without a label (not scored).</p>"
+    )
+    rows = [
+        [f"<code>{esc(r['label'])}</code>", fmt(r["clips"]), pct(r["share"]), fmt(r["kept"]), fmt(r["hours"], 3),
+         fmt(r["hours_kept"], 3), fmt(r["mean_pan_px"], 3), fmt(r["mean_tilt_px"], 3), fmt(r["mean_zoom"], 3),
+         fmt(r["mean_rotation"], 3), fmt(r["mean_residual"], 3)]
+        for r in cam["labels"]
+    ]  # fmt: skip
+    out += table(
+        ["label", "clips", "share", "kept", "hours", "hours kept", "pan px", "tilt px", "zoom", "rotation",
+         "residual"],
+        rows,
+    )  # fmt: skip
+    for label, clips in cam["examples"].items():
+        out += f"<h3>Examples: <code>{esc(label)}</code></h3>" + "".join(_clip_card(c) for c in clips)
+    return out
 
 
 GALLERY_TEXT = {
@@ -335,6 +383,7 @@ def render_page(report: dict) -> str:
         ("scores", "Score distributions", _scores(report)),
         ("captions", "Caption statistics", _captions(report)),
         ("alignment", "Caption-video alignment", _alignment(report)),
+        ("camera", "Camera motion", _camera(report)),
         *((f"examples-{name}", GALLERY_TEXT[name][0], _gallery(report, name)) for name in report["examples"]),
     ]
     if report.get("compare"):
