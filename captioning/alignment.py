@@ -3,8 +3,11 @@
 With the run's open_clip model (`scoring.aesthetic.clip_model`, loaded through the scorer's own
 loader), a segment's score is the cosine similarity between its text embedding and the mean
 embedding of the clip's frames inside the segment's span; the summary is scored against all frames.
-A raw CLIP similarity means little on its own, so `alignment_report` sets it against a baseline:
-the same score with captions paired to other clips (a fixed derangement), and reports the margin.
+A raw CLIP similarity means little on its own, so it is set against a baseline: the same score
+with captions paired to other clips of the same batch (a fixed derangement), and the margin between
+the two. `align_clips` does both pairings; the report (`alignment_report`) aggregates them over its
+sample, and the alignment stage (`captioning.alignment_stage`) writes them per clip, as
+`caption_metrics.alignment` (`clip_metrics`), over the clips of one task.
 The temporal check asks whether a segment matches its own span better than the clip's other spans.
 """
 
@@ -61,6 +64,12 @@ class CaptionAligner:
         self.batch_size = batch_size
         self.model_name = cfg.clip_model
 
+    def _autocast(self):
+        """float16 on a GPU, as the aesthetic scorer runs the same model; float32 on the CPU."""
+        import torch
+
+        return torch.autocast(self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda")
+
     def embed_frames(self, frames: np.ndarray) -> np.ndarray:
         """[N, D] normalised image embeddings (float32)."""
         import torch
@@ -71,7 +80,7 @@ class CaptionAligner:
             pixels = torch.stack(
                 [self.preprocess(Image.fromarray(f)) for f in frames[start : start + self.batch_size]]
             )
-            with torch.inference_mode():
+            with torch.inference_mode(), self._autocast():
                 out.append(
                     torch.nn.functional.normalize(
                         self.model.encode_image(pixels.to(self.device)).float(), dim=-1
@@ -86,7 +95,7 @@ class CaptionAligner:
         out = []
         for start in range(0, len(texts), self.batch_size):
             tokens = self.tokenizer(texts[start : start + self.batch_size]).to(self.device)
-            with torch.inference_mode():
+            with torch.inference_mode(), self._autocast():
                 out.append(torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1))
         return torch.cat(out).cpu().numpy() if out else np.zeros((0, 0), np.float32)
 
@@ -137,6 +146,81 @@ def _mean(values: list[float | None]) -> float | None:
     return float(np.mean(kept)) if kept else None
 
 
+def embed_caption_texts(captions: list[dict], aligner: CaptionAligner) -> dict[str, np.ndarray]:
+    """Text embedding of every distinct summary and segment text of `captions`, embedded once each."""
+    texts = sorted(
+        {
+            t
+            for cap in captions
+            for t in [cap.get("summary") or "", *(s["text"] for s in cap.get("segments") or [])]
+            if t
+        }
+    )
+    return dict(zip(texts, aligner.embed_texts(texts), strict=True))
+
+
+def align_clips(
+    clips: list[ClipFrames],
+    captions: list[dict],
+    frame_embeddings: list[np.ndarray],
+    text_embeddings: dict[str, np.ndarray],
+    seed: int = 0,
+) -> tuple[list[ClipAlignment], list[ClipAlignment | None]]:
+    """Each caption against its own clip, and each clip against another clip's caption.
+
+    The second list is the shuffled baseline, per clip: clip j scored with caption i where a fixed
+    derangement sends caption i to clip j (segment times rescaled to clip j's length). With fewer
+    than two clips there is nothing to shuffle and every entry is None. The report's shuffled
+    pairing and a record's `caption_metrics.alignment.baseline` both come from here.
+    """
+    own = [
+        score_clip(c.key, cap, emb, c.timestamps, text_embeddings)
+        for c, cap, emb in zip(clips, captions, frame_embeddings, strict=True)
+    ]
+    shuffled: list[ClipAlignment | None] = [None] * len(clips)
+    if len(clips) >= 2:
+        for i, j in enumerate(derangement(len(clips), seed)):
+            # caption i against clip j; segment times are rescaled to clip j's length
+            scale = clips[j].duration_s / clips[i].duration_s
+            moved = {
+                "summary": captions[i].get("summary"),
+                "segments": [
+                    {**s, "start_s": s["start_s"] * scale, "end_s": s["end_s"] * scale}
+                    for s in captions[i].get("segments") or []
+                ],
+            }
+            # keyed by the clip the caption came from: the record names it as `baseline_clip`
+            shuffled[j] = score_clip(
+                clips[i].key, moved, frame_embeddings[j], clips[j].timestamps, text_embeddings
+            )
+    return own, shuffled
+
+
+def clip_metrics(own: ClipAlignment, shuffled: ClipAlignment | None, model: str) -> dict:
+    """A record's `caption_metrics.alignment`: the caption's own similarities, the clip's similarity to
+    another clip's summary (`baseline`, from `baseline_clip`), and `margin` = summary - baseline (None
+    without a baseline, which a filter rule lets pass)."""
+    baseline = shuffled.summary if shuffled is not None else None
+    return {
+        "summary": own.summary,
+        "segments": own.segments,
+        "baseline": baseline,
+        "baseline_clip": shuffled.key if shuffled is not None else None,
+        "margin": _margin(own.summary, baseline),
+        "model": model,
+    }
+
+
+def align_batch(
+    clips: list[ClipFrames], captions: list[dict], aligner: CaptionAligner, seed: int = 0
+) -> list[dict]:
+    """`clip_metrics` of every clip of a batch, the baseline drawn from the batch itself."""
+    frame_embeddings = [aligner.embed_frames(c.frames) for c in clips]
+    text_embeddings = embed_caption_texts(captions, aligner)
+    own, shuffled = align_clips(clips, captions, frame_embeddings, text_embeddings, seed)
+    return [clip_metrics(a, b, aligner.model_name) for a, b in zip(own, shuffled, strict=True)]
+
+
 def alignment_report(
     clips: list[ClipFrames],
     captions: list[dict],
@@ -154,34 +238,9 @@ def alignment_report(
     """
     if frame_embeddings is None:
         frame_embeddings = [aligner.embed_frames(c.frames) for c in clips]
-    texts = sorted(
-        {
-            t
-            for cap in captions
-            for t in [cap.get("summary") or "", *(s["text"] for s in cap.get("segments") or [])]
-            if t
-        }
-    )
-    text_embeddings = dict(zip(texts, aligner.embed_texts(texts), strict=True))
-    own = [
-        score_clip(c.key, cap, emb, c.timestamps, text_embeddings)
-        for c, cap, emb in zip(clips, captions, frame_embeddings, strict=True)
-    ]
-    shuffled: list[ClipAlignment] = []
-    if len(clips) >= 2:
-        for i, j in enumerate(derangement(len(clips), seed)):
-            # caption i against clip j; segment times are rescaled to clip j's length
-            scale = clips[j].duration_s / clips[i].duration_s
-            moved = {
-                "summary": captions[i].get("summary"),
-                "segments": [
-                    {**s, "start_s": s["start_s"] * scale, "end_s": s["end_s"] * scale}
-                    for s in captions[i].get("segments") or []
-                ],
-            }
-            shuffled.append(
-                score_clip(clips[j].key, moved, frame_embeddings[j], clips[j].timestamps, text_embeddings)
-            )
+    text_embeddings = embed_caption_texts(captions, aligner)
+    own, by_clip = align_clips(clips, captions, frame_embeddings, text_embeddings, seed)
+    shuffled = [a for a in by_clip if a is not None]
     best = [b for a in own for b in a.own_span_best]
     summary_true = _mean([a.summary for a in own])
     summary_base = _mean([a.summary for a in shuffled])
@@ -215,8 +274,8 @@ def alignment_report(
             },
         },
         "per_clip": [
-            {"key": a.key, "summary": a.summary, "segments": a.segments, "segment_mean": _mean(a.segments)}
-            for a in own
+            {"key": a.key, **clip_metrics(a, b, aligner.model_name), "segment_mean": _mean(a.segments)}
+            for a, b in zip(own, by_clip, strict=True)
         ],
     }
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from curation.config import check
+from curation.scoring_config import CAPTION_SCORES, AestheticConfig
 
 PREFIX = "captioning.parse"
 
@@ -135,6 +136,93 @@ class CaptionFramesConfig:
         check(self.window_s >= 1.0, "captioning.frames.window_s", "must be >= 1")
 
 
+ALIGNMENT_PREFIX = "captioning.alignment"
+
+
+@dataclass
+class AlignmentConfig:
+    """Caption-video alignment per clip (`caption_metrics.alignment`), scored right after captioning.
+
+    An actor pool (the CLIP model loaded once per actor) embeds a few of the frames the VLM saw and the
+    caption's texts: `summary` and `segments` are cosine similarities with the clip's own frames,
+    `baseline` the clip's similarity to another captioned clip's summary of the same task (a fixed
+    derangement), `margin` = summary - baseline. Filter rules read them as `caption_alignment` and
+    `caption_alignment_margin`. Off by default: on one CPU, CLIP ViT-L/14 takes about 2 s per frame, 9 s
+    per 3-6 s clip, more than twice curate's whole wall time without captioning
+    (`benchmarks/alignment_cost.py`); the gpu preset turns it on.
+    """
+
+    enabled: bool = False
+    clip_model: str | None = None
+    """open_clip model; unset: the run's `scoring.aesthetic.clip_model` (recaption: ViT-L-14)."""
+    clip_pretrained: str | None = None
+    """Its pretrained tag or checkpoint file; unset: `scoring.aesthetic.clip_pretrained` (recaption: openai)."""
+    clip_model_config: str | None = None
+    """A model config JSON for an architecture open_clip does not ship (as `scoring.aesthetic`)."""
+    device: str = "auto"
+    """`auto`: the run's `scoring.aesthetic.device` when set, else cuda when the actor has a GPU."""
+    fps: float = 1.0
+    """Frames per second of clip scored, taken from the frames already decoded for the VLM (at most
+    `captioning.frames.fps`)."""
+    max_frames: int = 16
+    """Most frames per clip; a longer clip is sampled evenly at a lower rate."""
+    max_pixels: int = 256 * 256
+    """Frames are scaled down (aspect kept) to at most this many pixels before they travel to the actors."""
+    batch_size: int = 32
+    """Frames (and texts) per CLIP forward pass."""
+    seed: int = 0
+    """Seed of the derangement that picks each clip's baseline caption."""
+    actors: int = 1
+    """Model copies (Ray actors)."""
+    num_gpus: float = 0.0
+    """GPUs per actor."""
+    cpus: float = 1.0
+    """CPUs per actor."""
+    memory_gb: float = 2.0
+    """Memory reserved per actor (the CLIP model, a task's frames)."""
+
+    def __post_init__(self):
+        p = ALIGNMENT_PREFIX
+        check(math.isfinite(self.fps) and self.fps > 0, f"{p}.fps", "must be > 0")
+        check(self.max_frames >= 1, f"{p}.max_frames", "must be >= 1")
+        check(self.max_pixels >= 28 * 28, f"{p}.max_pixels", "must be >= 784")
+        check(self.batch_size >= 1, f"{p}.batch_size", "must be >= 1")
+        check(self.actors >= 1, f"{p}.actors", "must be >= 1")
+        check(self.num_gpus >= 0, f"{p}.num_gpus", "must be >= 0")
+        check(self.cpus > 0, f"{p}.cpus", "must be > 0")
+        check(self.memory_gb > 0, f"{p}.memory_gb", "must be > 0")
+        check(
+            self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+            f"{p}.device",
+            "must be auto, cpu or cuda[:N]",
+        )
+
+    def clip_config(self, aesthetic: AestheticConfig | None = None) -> AestheticConfig:
+        """The CLIP model to score with: this section's, else the run's aesthetic scorer's (`aesthetic`)."""
+        return AestheticConfig(
+            clip_model=self.clip_model or (aesthetic.clip_model if aesthetic else "ViT-L-14"),
+            clip_pretrained=self.clip_pretrained or (aesthetic.clip_pretrained if aesthetic else "openai"),
+            clip_model_config=self.clip_model_config
+            or (aesthetic.clip_model_config if aesthetic and not self.clip_model else None),
+            device=self.device if self.device != "auto" or aesthetic is None else aesthetic.device,
+        )
+
+
+def check_caption_rules(rules: list, captioning: CaptionConfig) -> None:
+    """A filter rule on a caption alignment score needs the stage that computes it: without it the
+    score would be null for every clip and the rule would silently pass them all."""
+    for i, rule in enumerate(rules):
+        if rule.score not in CAPTION_SCORES:
+            continue
+        needed = "captioning.enabled" if not captioning.enabled else f"{ALIGNMENT_PREFIX}.enabled"
+        check(
+            captioning.enabled and captioning.alignment.enabled,
+            f"filters.rules[{i}].score",
+            f"{rule.score!r} is computed by the caption alignment stage, which is off; set {needed}=true "
+            "or remove the rule",
+        )
+
+
 @dataclass
 class CaptionConfig:
     """The captioning stage: dense temporal captions for every kept clip."""
@@ -162,6 +250,8 @@ class CaptionConfig:
     """Memory reserved per actor (the model, its batches)."""
     prep_cpus: float = 1.0
     """CPUs per frame-preparation task."""
+    alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
+    """Caption-video alignment per clip, after captioning (off by default)."""
 
     def __post_init__(self):
         check(self.attempts >= 1, "captioning.attempts", "must be >= 1")

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from captioning.caption_config import CaptionParseConfig, VLMConfig
+from captioning.prompt_hints import CAMERA_PHRASES, ClipHints
 from captioning.prompts import PROMPT_DIR, available_prompts, load_prompt
 from captioning.video_frames import VideoWindow
 from captioning.vlm import VideoPrompt, VLMBackend
@@ -161,6 +162,18 @@ def _random_window(rng: np.random.Generator, duration_s: float) -> VideoWindow:
     return VideoWindow(0.0, duration_s, frames, times, float(rng.choice([24.0, 25.0, 30.0])))
 
 
+def _random_hints(rng: np.random.Generator, duration_s: float) -> dict[str, str]:
+    """Prompt hints as curate fills them (or "not measured"), so the answer does not depend on them."""
+    labels = list(CAMERA_PHRASES)
+    windows = tuple(
+        (float(s), float(s + 2.0), labels[int(rng.integers(len(labels)))])
+        for s in np.arange(0.0, duration_s, 2.0)
+    )
+    texts = None if rng.random() < 0.3 else tuple(rng.choice(["SALE", "50% OFF", "NEWS", "fox"], 2))
+    hints = ClipHints(labels[int(rng.integers(len(labels)))], windows if rng.random() < 0.7 else (), texts)
+    return hints.placeholders(0.0, duration_s) if rng.random() < 0.8 else {}
+
+
 def fit_answer(
     model_dir: str,
     answer: str = STAND_IN_ANSWER,
@@ -191,7 +204,9 @@ def fit_answer(
     def prompts(count: int) -> list[VideoPrompt]:
         durations = rng.uniform(1.5, 12.0, count)
         return [
-            VideoPrompt(_random_window(rng, d), prompt.render(d, rules.min_segments_for(d)))
+            VideoPrompt(
+                _random_window(rng, d), prompt.render(d, rules.min_segments_for(d), _random_hints(rng, d))
+            )
             for d in durations
         ]
 

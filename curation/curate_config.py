@@ -262,6 +262,16 @@ class ResourcesConfig:
     aesthetic_cpus: float = 1.0
     aesthetic_memory_gb: float = 2.0
     """Memory reserved per aesthetic actor (the CLIP ViT-L/14 model and its batches)."""
+    text_actors: int = 0
+    """Where text detection (`scoring.text`) runs. 0: inside the CPU scoring task, its model loaded once per
+    worker process, on the CPU: detection takes about 0.1-0.2 s of one core per clip (a few % of curate's
+    CPU time), and a pool of its own would split the task in two, with a trip through the object store
+    between, and cost split tasks a slot (`benchmarks/text_cost.py`: +16 % wall on 2 cores, none in the
+    task). N: a pool of N actors after the aesthetic one, for the GPU (`scoring.text.num_gpus`,
+    onnxruntime-gpu); a pool is used whenever `scoring.text.num_gpus` is set. On the CPU one actor detects
+    about 10 clips a second."""
+    text_cpus: float = 1.0
+    """CPUs per text actor (with `text_actors` > 0), and its onnxruntime threads (rounded, at least 1)."""
     task_memory_gb: float = 1.0
     """Memory reserved per split and scoring task (they hold a whole task's clips), so Ray does not
     start more of them than the node holds and the OOM killer does not loop over them."""
@@ -277,6 +287,8 @@ class ResourcesConfig:
         check(self.score_cpus > 0, "resources.score_cpus", "must be > 0")
         check(self.aesthetic_actors >= 1, "resources.aesthetic_actors", "must be >= 1")
         check(self.aesthetic_memory_gb > 0, "resources.aesthetic_memory_gb", "must be > 0")
+        check(self.text_actors >= 0, "resources.text_actors", "must be >= 0")
+        check(self.text_cpus >= 0, "resources.text_cpus", "must be >= 0")
         check(self.task_memory_gb > 0, "resources.task_memory_gb", "must be > 0")
         check(self.task_retries >= 0, "resources.task_retries", "must be >= 0")
         check(self.transient_attempts >= 1, "resources.transient_attempts", "must be >= 1")
@@ -302,4 +314,4 @@ class CurateConfig:
     @property
     def scores_anything(self) -> bool:
         s = self.scoring
-        return s.motion.enabled or s.quality.enabled or s.aesthetic.enabled
+        return s.motion.enabled or s.quality.enabled or s.aesthetic.enabled or s.text.enabled

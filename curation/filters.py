@@ -5,6 +5,11 @@ style; the reason is the first failing rule written as `score<min` or `score>max
 threshold as configured (`motion<0.0012`, `brightness>0.95`), so manifests can be grouped by it.
 A score that is null (its scorer was off, or it could not be measured) never fails a rule, and
 `score-only` mode keeps everything.
+
+Rules read a clip's `scores`, its camera label (`camera`) and its caption scores (`rule_values`):
+`caption_alignment` and `caption_alignment_margin` live in `caption_metrics.alignment` (`summary`,
+`margin`), which exist only after the caption alignment stage; before it they are null and pass, so
+the same rules can be applied before captioning and again after it.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from curation.scoring_config import FilterConfig, FilterRule
+from curation.scoring_config import CAPTION_SCORES, FilterConfig, FilterRule
 
 
 def check_rule(rule: FilterRule, value: float | str | None) -> str | None:
@@ -28,6 +33,21 @@ def check_rule(rule: FilterRule, value: float | str | None) -> str | None:
     if rule.max is not None and value > rule.max:
         return f"{rule.score}>{rule.max:g}"
     return None
+
+
+def caption_scores(caption_metrics: Mapping | None) -> dict[str, float | None]:
+    """The caption scores rules read, from a record's `caption_metrics` (null where not measured)."""
+    alignment = (caption_metrics or {}).get("alignment") or {}
+    return {name: alignment.get(key) for name, key in CAPTION_SCORES.items()}
+
+
+def rule_values(record) -> dict[str, float | str | None]:
+    """Everything a rule may name, of one clip record: its scores, camera label and caption scores."""
+    return {
+        **record.scores,
+        "camera": (record.camera or {}).get("label"),
+        **caption_scores(record.caption_metrics),
+    }
 
 
 def rule_reasons(rule: FilterRule) -> list[str]:

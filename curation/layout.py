@@ -87,6 +87,8 @@ class OutputLayout:
             f"manifest/{name}/*.parquet"
             for name in ("videos", "clips", "embeddings", "shards", "samples", "dedup")
         ),
+        "dedup/keep.txt",
+        "dedup/run.json",
         "_markers/task-*.json",
         "_state/**",
         "report/index.html",

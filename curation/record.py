@@ -45,6 +45,7 @@ class ClipRecord:
     shard: str | None = None  # shard file name holding the clip (kept clips)
     scores: dict[str, float | None] = field(default_factory=lambda: dict.fromkeys(SCORE_NAMES))
     camera: dict | None = None  # curation.scoring.camera.camera_record: label, numbers, windows
+    text: list[str] | None = None  # burned-in text read by `scoring.text.recognize`; [] read, none found
     caption: dict | None = None
     caption_metrics: dict | None = None
     errors: list[dict] = field(default_factory=list)
@@ -116,6 +117,7 @@ CLIP_SCHEMA = pa.schema(
         ("camera.label", pa.string()),
         *[(f"camera.{name}", pa.float64()) for name in ("pan_px", "tilt_px", "zoom", "rotation", "residual")],
         ("camera.windows", pa.list_(CAMERA_WINDOW_TYPE)),
+        ("text", pa.list_(pa.string())),  # kept as the record has it (flatten_record passes it on)
         ("caption.summary", pa.string()),
         ("caption.segments", pa.list_(SEGMENT_TYPE)),
         ("caption.model", pa.string()),

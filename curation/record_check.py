@@ -133,6 +133,22 @@ def _list_of(item_check: Check, required: tuple[str, ...] = ()) -> Check:
     return check
 
 
+def _strings(path: str, value: object, problems: list[str]) -> object:
+    """A list (or null) of strings; an item that is not a string is removed, the rest kept."""
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        problems.append(f"{path}: expected a list of strings, got {_got(value)}")
+        return _DROP
+    kept = []
+    for index, item in enumerate(value):
+        if isinstance(item, str):
+            kept.append(item)
+        else:
+            problems.append(f"{path}[{index}]: expected a string, got {_got(item)} (item removed)")
+    return kept
+
+
 SEGMENT = _object_of({"start_s": NUMBER, "end_s": NUMBER, "text": STRING})
 ERROR = _object_of({"stage": STRING, "message": STRING})
 CAPTION = _object_of(
@@ -178,6 +194,7 @@ FIELDS: dict[str, Check] = {
     "shard": STRING,
     "scores": _object_of(each=NUMBER),
     "camera": CAMERA,
+    "text": _strings,
     "caption": CAPTION,
     "caption_metrics": _object_of(),
     "errors": _list_of(ERROR),

@@ -16,11 +16,15 @@ from curation.config import check
 # Scores a scorer fills (null when it is off); the manifest has one column per name.
 SCORE_NAMES = (
     "motion", "motion_px", "moving_fraction", "aesthetic", "sharpness", "brightness", "contrast",
-    "colorfulness", "frozen_fraction",
+    "colorfulness", "frozen_fraction", "text_area", "text_boxes",
 )  # fmt: skip
 # Extra keys of the quality scorer: the picture without letterbox/pillarbox bars, in source pixels.
 CONTENT_BOX_NAMES = ("content_x", "content_y", "content_w", "content_h")
 FILTERABLE_SCORES = SCORE_NAMES + CONTENT_BOX_NAMES
+CAPTION_SCORES = {"caption_alignment": "summary", "caption_alignment_margin": "margin"}
+"""Rule names of the caption alignment stage's numbers -> their key in a record's `caption_metrics.alignment`
+(not in `scores`, nor manifest columns: they exist only after captioning)."""
+RULE_SCORES = FILTERABLE_SCORES + tuple(CAPTION_SCORES)
 CAMERA_LABELS = (
     "static", "pan_left", "pan_right", "tilt_up", "tilt_down", "zoom_in", "zoom_out", "shake", "complex",
 )  # fmt: skip
@@ -157,6 +161,47 @@ class AestheticConfig:
 
 
 @dataclass
+class TextConfig:
+    """Burned-in text (subtitles, watermarks, tickers, "subscribe" overlays), found by PP-OCR text detection
+    (`curation/scoring/text.py`; `rapidocr-onnxruntime` ships the weights) on a few of the clip's samples.
+    `text_area` is the largest share of a frame that text boxes cover, `text_boxes` the most boxes in one."""
+
+    enabled: bool = True
+    frames: int = 3
+    """Samples searched, evenly spread over the clip: the cost is one detection per frame."""
+    max_side: int = 640
+    """Frames are scaled (up or down) to this long side before detection; the cost grows with its square.
+    Samples are `scoring.frames.short_side` high, so small text needs them scaled up: subtitles of a 720p
+    video were found at 320 already, their area within 20 % of 960's from 640 on, a 20 px watermark
+    only at 960."""
+    box_threshold: float = 0.5
+    """A region is a text box when the detector's mean confidence inside it is above this (PP-OCR's 0.5)."""
+    recognize: bool = False
+    """Also read the boxes (PP-OCR recognition) into the record's `text`, for the captioner's prompt. Only
+    clips with text pay: some 20-40 ms a box, up to 4x the detection on a frame full of text."""
+    min_confidence: float = 0.5
+    """Recognised strings below this confidence are left out."""
+    max_strings: int = 8
+    """At most this many distinct strings per clip (top to bottom, first frame first)."""
+    max_chars: int = 80
+    """Longer strings are cut to this many characters."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: in a text actor, onnxruntime's CUDA provider when it has one (onnxruntime-gpu) and a GPU is
+    visible, else the CPU; inside the CPU scoring task (`resources.text_actors: 0`), the CPU."""
+    num_gpus: float = 0.0
+    """GPUs reserved per text actor; above 0, detection runs in an actor pool (`resources.text_actors`)."""
+
+    def __post_init__(self):
+        check(1 <= self.frames <= 64, "scoring.text.frames", "must be in 1..64")
+        check(self.max_side >= 64, "scoring.text.max_side", "must be >= 64")
+        check(0 < self.box_threshold < 1, "scoring.text.box_threshold", "must be in (0, 1)")
+        check(0 <= self.min_confidence < 1, "scoring.text.min_confidence", "must be in [0, 1)")
+        check(self.max_strings >= 1, "scoring.text.max_strings", "must be >= 1")
+        check(self.max_chars >= 1, "scoring.text.max_chars", "must be >= 1")
+        check(self.num_gpus >= 0, "scoring.text.num_gpus", "must be >= 0")
+
+
+@dataclass
 class ScoringConfig:
     """All scorers of a clip, fed by one frame sampler."""
 
@@ -165,6 +210,7 @@ class ScoringConfig:
     camera: CameraConfig = field(default_factory=CameraConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     aesthetic: AestheticConfig = field(default_factory=AestheticConfig)
+    text: TextConfig = field(default_factory=TextConfig)
 
 
 @dataclass
@@ -222,12 +268,12 @@ class FilterConfig:
                 check(not unknown, f"{key}.drop", f"unknown {unknown}; one of {', '.join(CAMERA_LABELS)}")
                 continue
             check(rule.drop is None, f"{key}.drop", "only `score: camera` rules drop labels")
-            close = difflib.get_close_matches(rule.score, FILTERABLE_SCORES, n=1)
+            close = difflib.get_close_matches(rule.score, RULE_SCORES, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             check(
-                rule.score in FILTERABLE_SCORES,
+                rule.score in RULE_SCORES,
                 f"{key}.score",
-                f"unknown score {rule.score!r}{hint}; one of {', '.join(FILTERABLE_SCORES)}",
+                f"unknown score {rule.score!r}{hint}; one of {', '.join(RULE_SCORES)}",
             )
             check(rule.min is not None or rule.max is not None, key, "needs `min`, `max` or both")
             if rule.min is not None and rule.max is not None:

@@ -1,11 +1,13 @@
 """The scoring stages: a task's kept clips get their scores, from samples taken once per clip.
 
 The split stage's encode already yields each clip's samples (curation.transcode); a clip without
-them (frame-rate resampling) is decoded once here. CPU scorers run in Ray tasks, the aesthetic
-model in an actor pool that loads it once per actor; both read the same samples.
+them (frame-rate resampling) is decoded once here. CPU scorers run in Ray tasks, the model
+scorers (aesthetic, text) in actor pools that load them once per actor; all read the same samples.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from curation.curate_config import CurateConfig
 from curation.errors import InputRejected
@@ -95,3 +97,32 @@ class AestheticStage:
                 record.scores.update(scores)
                 if embedding is not None:
                     result.embeddings[record.clip_id] = embedding
+
+
+class TextStage:
+    """Burned-in text (PP-OCR detection, `curation.scoring.text`) on every scored clip; holds the model
+    (build it once per actor or worker process). Recognised strings, when asked for, go into the record's
+    `text`. `device` overrides `scoring.text.device` (the CPU tasks run it on the CPU unless told `cuda`)."""
+
+    def __init__(self, cfg: CurateConfig, threads: int = 1, device: str | None = None):
+        from curation.scoring.text import TextScorer  # onnxruntime only where the model runs
+
+        text = cfg.scoring.text if device is None else dataclasses.replace(cfg.scoring.text, device=device)
+        self.scorer = TextScorer(text, threads)
+
+    def run(self, result: TaskResult) -> TaskResult:
+        for record in scorable(result):
+            frames = result.samples.get(record.clip_id)
+            if frames is None:  # not decodable: the CPU scoring stage has dropped it already
+                continue
+            try:
+                reading = self.scorer.measure(frames)
+            except Exception as exc:
+                if is_transient(exc):  # out of GPU memory, a dying device: Ray retries the task
+                    raise
+                drop_clip(record, exc, "text")
+                continue
+            record.scores.update(reading.scores)
+            if reading.texts is not None:
+                record.text = reading.texts
+        return result

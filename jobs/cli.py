@@ -9,7 +9,7 @@ import sys
 
 from curation import config as config_lib
 from curation.inputs import InputError
-from jobs.job_configs import CurateJobConfig, EncodeConfig, RecaptionConfig
+from jobs.job_configs import CurateJobConfig, DedupConfig, EncodeConfig, RecaptionConfig
 from jobs.logs import configure_logging
 
 OVERWRITE_HELP = (
@@ -107,6 +107,25 @@ def _add_encode(sub) -> None:
     _add_error_limit(p)
 
 
+def _add_dedup(sub) -> None:
+    p = sub.add_parser(
+        "dedup", help="mark semantic near-duplicate clips of a run (OUT/manifest/dedup/, OUT/dedup/keep.txt)"
+    )
+    p.add_argument(
+        "output", metavar="OUT", help="a curate output directory or URI (with manifest/embeddings/)"
+    )
+    p.add_argument("--config", default="default", help="preset name in configs/dedup/ or a YAML path")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--threshold", type=float, help="shorthand for --set threshold=X (cosine similarity)")
+    p.add_argument(
+        "--materialize",
+        metavar="DIR",
+        help="also write the shards again without the duplicates to DIR/shards/",
+    )
+    _add_ray(p)
+    _add_error_limit(p)
+
+
 def _add_train(sub) -> None:
     sub.add_parser(
         "train",
@@ -148,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_recaption(sub)
     _add_report(sub)
     _add_encode(sub)
+    _add_dedup(sub)
     _add_train(sub)
     _add_sample(sub)
     _add_demo(sub)
@@ -214,6 +234,14 @@ def main(argv: list[str] | None = None) -> int:
                 overrides.append(f"text_encoder.model={args.text_encoder}")
             cfg = config_lib.load(EncodeConfig, "encode", args.config, overrides)
             run = run_encode(args.input, args.output, cfg, overwrite=args.overwrite, num_cpus=args.num_cpus)
+        elif args.command == "dedup":
+            from jobs.dedup import run_dedup
+
+            overrides = list(args.overrides)
+            if args.threshold is not None:
+                overrides.append(f"threshold={args.threshold}")
+            cfg = config_lib.load(DedupConfig, "dedup", args.config, overrides)
+            run = run_dedup(args.output, cfg, materialize=args.materialize, num_cpus=args.num_cpus)
         elif args.command == "sample":
             from jobs.sample import run_sample
 

@@ -25,6 +25,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import ray
 
+from captioning.alignment_stage import STATS_COLUMN as ALIGNMENT_STATS
+from captioning.alignment_stage import (
+    add_alignment_actors,
+    alignment_frames_row,
+    check_alignment_model,
+    settle_alignment,
+)
 from captioning.prompt_hints import ClipHints
 from captioning.stage import apply_to_clip
 from curation import config as config_lib
@@ -238,6 +245,45 @@ class _AestheticActor:
         return {"task_id": row["task_id"], "result": self.stage.run(_live(row["result"]))}
 
 
+class _TextActor(_AestheticActor):
+    """Ray Data actor: the text detector is loaded once (onnxruntime threads: the actor's CPUs)."""
+
+    def __init__(self, cfg: CurateJobConfig):
+        from curation.scoring_stage import TextStage
+
+        self.stage = TextStage(cfg, threads=max(1, round(cfg.resources.text_cpus)))
+
+    @_guarded("text")
+    def _score_row(self, row: dict) -> dict:
+        result = self.stage.run(_live(row["result"]))
+        result.samples.clear()  # nothing after it reads them: the row goes on without them
+        return {"task_id": row["task_id"], "result": result}
+
+
+def _text_actors(cfg: CurateJobConfig) -> int:
+    """Actors of the text pool; 0: text detection runs inside the CPU scoring task (`resources.text_actors`)."""
+    text = cfg.scoring.text
+    if not text.enabled:
+        return 0
+    return max(cfg.resources.text_actors, 1 if text.num_gpus > 0 else 0)
+
+
+_TEXT_STAGES: dict[str, object] = {}  # per worker process: the model loads once, not once per task
+
+
+@_guarded("text")
+def _text_row(row: dict, cfg: CurateJobConfig) -> dict:
+    """Text detection in the CPU scoring task, on the CPU unless `scoring.text.device` says cuda (a GPU is
+    the pool's: a model per worker process on one GPU would crowd it)."""
+    from curation.scoring_stage import TextStage
+
+    device = "cuda" if cfg.scoring.text.device == "cuda" else "cpu"
+    key = f"{cfg.scoring.text!r} {cfg.resources.score_cpus} {device}"
+    if key not in _TEXT_STAGES:
+        _TEXT_STAGES[key] = TextStage(cfg, threads=max(1, round(cfg.resources.score_cpus)), device=device)
+    return {"task_id": row["task_id"], "result": _TEXT_STAGES[key].run(_live(row["result"]))}
+
+
 def _unprepared(row: dict, exc: Exception, stage: str) -> dict:
     """`_caption_prep_row`'s row after a bug of ours: the task's clips are quarantined, none captioned."""
     return _quarantined_task(row, exc, stage) | {"prepared": pickle.dumps([]), "failed": pickle.dumps([])}
@@ -275,6 +321,9 @@ def _write_row(row: dict, out: str, cfg: CurateJobConfig, fingerprint: str) -> d
             record = records[outcome.key]
             apply_to_clip(record, result.media[record.clip_id], outcome, cfg.captioning.on_failure)
         extra["captioning"] = pickle.loads(row["caption_stats"])
+        if ALIGNMENT_STATS in row:  # the rules again, now with the caption scores
+            extra["alignment"] = pickle.loads(row[ALIGNMENT_STATS])
+            settle_alignment(result, extra["alignment"], cfg.filters)
     summary = TaskWriter(out, cfg, fingerprint).run(result, extra)
     result.clock("write", started_unix, time.perf_counter() - started, storage.io_retries() - io_before)
     # for run.json only (the marker has been written): where the task's time went, the I/O it retried
@@ -299,7 +348,11 @@ def check_gpus(cfg: CurateJobConfig, session: dict) -> None:
     wanted = {
         "scenes.num_gpus": cfg.scenes.num_gpus,
         "scoring.aesthetic.num_gpus": cfg.scoring.aesthetic.num_gpus if cfg.scoring.aesthetic.enabled else 0,
+        "scoring.text.num_gpus": cfg.scoring.text.num_gpus if cfg.scoring.text.enabled else 0,
         "captioning.num_gpus": cfg.captioning.num_gpus if cfg.captioning.enabled else 0,
+        "captioning.alignment.num_gpus": cfg.captioning.alignment.num_gpus
+        if cfg.captioning.enabled and cfg.captioning.alignment.enabled
+        else 0,
     }
     wanted = {key: value for key, value in wanted.items() if value > 0}
     if wanted and session["address"] == "local" and not session["cluster_resources"].get("GPU"):
@@ -308,6 +361,10 @@ def check_gpus(cfg: CurateJobConfig, session: dict) -> None:
             f"{settings}: this machine has no GPU that Ray can see; set them to 0 "
             "(the gpu preset is for machines with GPUs)"
         )
+    if cfg.scoring.text.enabled and cfg.scoring.text.device == "cuda" and session["address"] == "local":
+        from curation.scoring.text import use_cuda
+
+        use_cuda("cuda")  # ConfigError when this onnxruntime has no CUDA provider
 
 
 def _check_aesthetic(cfg: CurateJobConfig) -> None:
@@ -363,8 +420,12 @@ def _build_pipeline(ds, output: str, cfg: CurateJobConfig, fingerprint: str):
     memory = int(res.task_memory_gb * 2**30)
     cpu = [(functools.partial(_split_row, cfg=cfg), res.split_cpus, memory)]
     split_gpus = cfg.scenes.num_gpus  # reserved by the chain the split runs in, the first
-    if scoring.motion.enabled or scoring.quality.enabled:
+    # with text on, it also decodes the samples the split did not take (frame-rate resampling)
+    if scoring.motion.enabled or scoring.quality.enabled or scoring.text.enabled:
         cpu.append((functools.partial(_cpu_score_row, cfg=cfg), res.score_cpus, memory))
+    text_actors = _text_actors(cfg)
+    if scoring.text.enabled and not text_actors:  # cheap enough to share the task (resources.text_actors)
+        cpu.append((functools.partial(_text_row, cfg=cfg), res.score_cpus, memory))
     if scoring.aesthetic.enabled:
         ds = _map_chain(ds, cpu, task_args, output, split_gpus)
         cpu, split_gpus = [], 0.0
@@ -378,11 +439,32 @@ def _build_pipeline(ds, output: str, cfg: CurateJobConfig, fingerprint: str):
             memory=int(res.aesthetic_memory_gb * 2**30),
             **actor_retry_args(res.task_retries),
         )
+    if text_actors:  # the last to read the samples: it lets them go
+        if cpu:  # none left after the aesthetic pool
+            ds = _map_chain(ds, cpu, task_args, output, split_gpus)
+        cpu, split_gpus = [], 0.0
+        ds = ds.map_batches(
+            _TextActor,
+            fn_constructor_kwargs={"cfg": cfg},
+            batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=text_actors),
+            num_cpus=res.text_cpus,
+            num_gpus=scoring.text.num_gpus,
+            **actor_retry_args(res.task_retries),
+        )
     if cfg.captioning.enabled:
         cpu.append((functools.partial(_caption_prep_row, cfg=cfg), cfg.captioning.prep_cpus, None))
+        aligned = cfg.captioning.alignment.enabled
+        if aligned:  # a few of the caption frames, taken now, for the alignment actors
+            check_alignment_model(cfg.captioning, scoring.aesthetic)
+            frames = functools.partial(alignment_frames_row, cfg=cfg.captioning)
+            cpu.append((frames, cfg.captioning.prep_cpus, None))
         ds = _map_chain(ds, cpu, task_args, output, split_gpus)
         cpu, split_gpus = [], 0.0
         ds = add_caption_actors(ds, cfg.captioning, actor_retry_args(res.task_retries))
+        if aligned:
+            clip = cfg.captioning.alignment.clip_config(scoring.aesthetic)
+            ds = add_alignment_actors(ds, cfg.captioning, clip, actor_retry_args(res.task_retries))
     write = functools.partial(_write_row, out=output, cfg=cfg, fingerprint=fingerprint)
     return _map_chain(ds, [*cpu, (write, res.write_cpus, None)], task_args, output, split_gpus)
 
@@ -392,11 +474,17 @@ def _fit_to_session(cfg: CurateJobConfig, session: dict, log) -> CurateJobConfig
     res, pools = cfg.resources, {}
     if cfg.scoring.aesthetic.enabled:
         pools["aesthetic"] = (res.aesthetic_cpus, res.aesthetic_actors)
+    if _text_actors(cfg) and res.text_cpus > 0:
+        pools["text"] = (res.text_cpus, _text_actors(cfg))
     if cfg.captioning.enabled:
         pools["captioning"] = (cfg.captioning.cpus, cfg.captioning.actors)
+        if cfg.captioning.alignment.enabled:
+            pools["alignment"] = (cfg.captioning.alignment.cpus, cfg.captioning.alignment.actors)
     fitted = fit_actor_cpus(pools, res.split_cpus, session, log)
     cfg = copy.deepcopy(cfg)
     cfg.resources.aesthetic_cpus = fitted.get("aesthetic", res.aesthetic_cpus)
+    cfg.resources.text_cpus = fitted.get("text", res.text_cpus)
+    cfg.captioning.alignment.cpus = fitted.get("alignment", cfg.captioning.alignment.cpus)
     cfg.captioning.cpus = fitted.get("captioning", cfg.captioning.cpus)
     return cfg
 

@@ -16,8 +16,13 @@ Keys are written made safe (`curation.shards.safe_key`); a row keeps the origina
 Transient failures (timeouts, a full disk) are not recorded: they end the Ray task, which is retried,
 and leave it without a completion marker.
 
+With `captioning.alignment.enabled`, every new caption gets fresh `caption_metrics.alignment`
+(`captioning.alignment_stage`; the baseline from the other captioned samples of the task); the old
+caption's metrics, alignment included, go with it.
+
 The Ray Data pipeline, one row per task: read the shards and prepare caption frames (CPU tasks)
--> the VLM (actor pool) -> write the shards, manifest parts and marker (CPU tasks).
+-> the VLM (actor pool) -> [caption alignment (actor pool)] -> write the shards, manifest parts and
+marker (CPU tasks).
 """
 
 from __future__ import annotations
@@ -36,6 +41,14 @@ from datetime import UTC, datetime
 
 import ray
 
+from captioning.alignment_stage import (
+    FRAMES_COLUMN,
+    STATS_COLUMN,
+    add_alignment_actors,
+    alignment_frames,
+    check_alignment_model,
+)
+from captioning.alignment_stage import STAGE as ALIGNMENT_STAGE
 from captioning.captioner import CaptionOutcome
 from captioning.prompt_hints import ClipHints
 from captioning.stage import CaptionPrep
@@ -182,7 +195,7 @@ def _read_task(row: dict, cfg: RecaptionConfig, quotas: dict, fraction: float, s
         for sample in chosen:
             _prepare(str(len(samples)), sample, prep, prepared, failed)
             samples.append((uri, sample))
-    return {
+    row = {
         "task_id": task.task_id,
         "samples": pickle.dumps(samples),
         "shards": pickle.dumps(shard_rows),
@@ -190,6 +203,9 @@ def _read_task(row: dict, cfg: RecaptionConfig, quotas: dict, fraction: float, s
         "failed": pickle.dumps(failed),
         "io_retries": storage.io_retries() - io_before,
     }
+    if cfg.captioning.alignment.enabled:  # a few of the caption frames, for the alignment actors
+        row[FRAMES_COLUMN] = pickle.dumps(alignment_frames(prepared, cfg.captioning.alignment))
+    return row
 
 
 def _previous_caption(record: dict, sample: dict) -> dict | None:
@@ -290,21 +306,31 @@ class _Writers:
 
 
 def _sample_row(
-    uri: str, sample: dict, outcome: CaptionOutcome | None, writers: _Writers, on_failure: str
+    uri: str,
+    sample: dict,
+    outcome: CaptionOutcome | None,
+    writers: _Writers,
+    on_failure: str,
+    alignment_error: str | None = None,
 ) -> dict:
     """Recaption and write one sample; returns its manifest row. An input problem found while reading
-    is a row, and the sample is not written."""
+    is a row, and the sample is not written. A sample the alignment stage failed on (a bug of ours) is
+    written with its new caption, without `caption_metrics.alignment`, and counted as internal_error."""
     ids = _sample_ids(sample, uri)
     if QUARANTINED in sample:
         return _rejected_row(ids, sample[QUARANTINED])
     if TOO_LARGE in sample:
         return _rejected_row(ids, {"error_code": "member_too_large", "error": sample[TOO_LARGE]})
     done = recaption_sample(sample, outcome, on_failure)
+    error = _outcome_error(outcome)
+    if alignment_error is not None:
+        done.record["errors"].append({"stage": ALIGNMENT_STAGE, "message": alignment_error})
+        error = error if error["error_code"] else {"error_code": INTERNAL_ERROR, "error": alignment_error}
     writers.write(ids["key"], done)
     return flatten_record(done.record) | {
         "clip_id": done.record.get("clip_id") or ids["key"],
         **ids,
-        **_outcome_error(outcome),
+        **error,
         "traceback": None,
         "invalid_record": done.invalid or None,
     }
@@ -334,6 +360,13 @@ def _write_task(row: dict, out: str, cfg: RecaptionConfig, fingerprint: str) -> 
     layout = OutputLayout(out)
     samples = pickle.loads(row["samples"])
     outcomes = {o.key: o for o in pickle.loads(row["outcomes"])}
+    alignment = pickle.loads(row[STATS_COLUMN]) if STATS_COLUMN in row else None
+    if alignment is not None:  # the baseline's clip by the key it is written under, not its place in the task
+        written = {str(i): safe_key(sample["__key__"]) for i, (_, sample) in enumerate(samples)}
+        for outcome in outcomes.values():
+            aligned = (outcome.metrics or {}).get("alignment") or {}
+            if aligned.get("baseline_clip") is not None:
+                aligned["baseline_clip"] = written[aligned["baseline_clip"]]
     task_id = row["task_id"]
     clear_task(layout, task_id)
     rows = []
@@ -345,7 +378,9 @@ def _write_task(row: dict, out: str, cfg: RecaptionConfig, fingerprint: str) -> 
             if outcome is not None:
                 results[uri]["captioned" if outcome.caption is not None else "failed"] += 1
             try:
-                rows.append(_sample_row(uri, sample, outcome, writers, cfg.captioning.on_failure))
+                failed_alignment = (alignment or {}).get("errors", {}).get(str(i))
+                on_failure = cfg.captioning.on_failure
+                rows.append(_sample_row(uri, sample, outcome, writers, on_failure, failed_alignment))
             except Exception as exc:  # noqa: BLE001 (one sample's bug is that sample's row)
                 raise_if_transient(exc)
                 fields = internal_error_row(exc, "recaption.write")
@@ -364,6 +399,8 @@ def _write_task(row: dict, out: str, cfg: RecaptionConfig, fingerprint: str) -> 
             layout, outputs, layout.manifest_part(directory, task_id), parquet_bytes(table_rows, schema)
         )
     summary = _summary(task_id, shard_rows, rows, len(samples), pickle.loads(row["caption_stats"]))
+    if alignment is not None:
+        summary["alignment"] = alignment
     summary["shards"] = writers.kept.written
     summary["outputs"] = outputs
     # the marker comes last, naming every file above with its size and checksum (`curation.resume`)
@@ -474,19 +511,29 @@ def _run_recaption(inputs, output, cfg, overwrite, num_cpus, limit, sample, log,
     fresh: list[dict] = []
     with ray_session(num_cpus) as ray_info:
         run_where_files_are_read(check_captioning, cfg.captioning, session=ray_info)
+        run_where_files_are_read(check_alignment_model, cfg.captioning, session=ray_info)
+        aligned = cfg.captioning.alignment
         if pending:
-            fitted = fit_actor_cpus(
-                {"captioning": (cfg.captioning.cpus, cfg.captioning.actors)}, cfg.read_cpus, ray_info, log
-            )
+            pools = {"captioning": (cfg.captioning.cpus, cfg.captioning.actors)}
+            if aligned.enabled:
+                pools["alignment"] = (aligned.cpus, aligned.actors)
+            fitted = fit_actor_cpus(pools, cfg.read_cpus, ray_info, log)
             ds = ray.data.from_items(
                 [{"task": pickle.dumps(t)} for t in pending], override_num_blocks=len(pending)
             )
             read = functools.partial(_read_row, cfg=cfg, quotas=quotas, fraction=fraction, seed=seed)
             write = functools.partial(_write_row, out=output, cfg=cfg, fingerprint=fingerprint)
-            captioning = dataclasses.replace(cfg.captioning, cpus=fitted["captioning"])
+            captioning = dataclasses.replace(
+                cfg.captioning,
+                cpus=fitted["captioning"],
+                alignment=dataclasses.replace(aligned, cpus=fitted.get("alignment", aligned.cpus)),
+            )
             with retry_args_accepted():  # every stage retried on a TransientError or a dead worker
                 ds = ds.map(read, num_cpus=cfg.read_cpus, **task_retry_args(MAX_RETRIES))
                 ds = add_caption_actors(ds, captioning, actor_retry_args(MAX_RETRIES))
+                if aligned.enabled:  # no scoring section here: the CLIP is the alignment section's
+                    clip = aligned.clip_config()
+                    ds = add_alignment_actors(ds, captioning, clip, actor_retry_args(MAX_RETRIES))
                 ds = ds.map(write, num_cpus=cfg.write_cpus, **task_retry_args(MAX_RETRIES))
             progress = TaskProgress(
                 "recaption", layout.run_json, len(tasks), (tally("samples", "selected"), tally("written", "kept")),

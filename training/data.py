@@ -23,9 +23,11 @@ How the stream is cut up (webdataset hangs or starves a rank when it is left to 
   decode, or by the decoder), corrupt samples (undecodable mp4, malformed npy, missing members), npy
   arrays refused by their header (`bad_array`: an object or structured dtype, a shape over the member
   cap), members over the byte caps (`member_too_large`, never read) and unreadable shards are counted
-  and warned about, webdataset handler style; any other exception while making one item is our bug,
-  counted as `internal_error`, never a dead worker. Workers are separate processes; they count into a
-  small shared-memory table, so `ShardDataModule.counts()` is live and `LoaderStatsCallback` logs it.
+  and warned about, webdataset handler style; near-duplicate clips that a `reelmill dedup` result marks
+  (`dedup`) are skipped before they are decoded and counted as `duplicate`; any other exception while
+  making one item is our bug, counted as `internal_error`, never a dead worker. Workers are separate
+  processes; they count into a small shared-memory table, so `ShardDataModule.counts()` is live and
+  `LoaderStatsCallback` logs it.
 - Shards are foreign input: they are read with `curation.safe_tar` (no compressed tars unless
   `allow_compressed`, each member's size checked against `max_member_bytes` before it is read), and a
   stream that has nothing usable ends with a `NothingUsable` error rather than spinning (an endless
@@ -84,6 +86,7 @@ __all__ = [
     "caption_variants",
     "choose_bucket",
     "decode_clip",
+    "dedup_duplicates",
     "to_model_range",
     "uint8_to_model_range",
 ]
@@ -98,8 +101,10 @@ COUNTERS = (
     "member_too_large",
     "shard_errors",
     "internal_error",
+    "duplicate",
 )
-"""What every worker counts: samples delivered in batches, and what was skipped, by why."""
+"""What every worker counts: samples delivered in batches, and what was skipped, by why (`duplicate`: a
+near-duplicate clip that `data.dedup` leaves out, before it is decoded)."""
 MAX_WORKERS = 256  # rows of the shared counter table
 MAX_CONSECUTIVE_SKIPS = 1000
 """An endless stream (resampled, or cycled to `epoch_samples`) that skips this many samples or shards in a
@@ -348,7 +353,7 @@ class ShardStream(IterableDataset):
     incomplete batch (an endless stream never has one). `max_member_bytes`, `max_sample_bytes`,
     `allow_compressed`: how shards are read (see `curation.safe_tar.iter_tar_samples`). A URL starting
     with `pipe:` runs its command: only pass the ones the user wrote (`shard_urls` makes every other
-    URL safe to open as a file).
+    URL safe to open as a file). `exclude`: keys to skip (counted as `duplicate`), e.g. `dedup_duplicates`.
     """
 
     def __init__(
@@ -373,6 +378,7 @@ class ShardStream(IterableDataset):
         max_member_bytes: int = safe_tar.DEFAULT_MAX_MEMBER_BYTES,
         max_sample_bytes: int = safe_tar.DEFAULT_MAX_SAMPLE_BYTES,
         allow_compressed: bool = False,
+        exclude: frozenset[str] | None = None,
     ):
         super().__init__()
         if not urls:
@@ -404,6 +410,7 @@ class ShardStream(IterableDataset):
         self.max_member_bytes = max_member_bytes
         self.max_sample_bytes = max_sample_bytes
         self.allow_compressed = allow_compressed
+        self.exclude = exclude or frozenset()
         self.table = _zero_table()
         self._epoch = 0  # counts this copy's iterations: in a persistent worker, its epochs
 
@@ -461,18 +468,24 @@ class ShardStream(IterableDataset):
         refused (compressed) or empty shard, or its unreadable tail, is counted and skipped, and counts
         toward the skips in a row, so a stream whose every shard fails ends instead of spinning."""
         for url in urls:
-            skips.shard_failed, found = False, 0
+            skips.shard_failed, found, excluded = False, 0, 0
             try:
                 with open_shard(url) as stream:
                     for sample in safe_tar.iter_tar_samples(
                         stream, url, self.max_member_bytes, self.max_sample_bytes, self.allow_compressed
                     ):
                         found += 1
+                        if sample["__key__"] in self.exclude:
+                            skips.add("duplicate")
+                            excluded += 1
+                            continue
                         yield sample
             except Exception as exn:  # noqa: BLE001 (any failure to read a shard is the shard's)
                 skips.shard_error(url, repr(exn)[:300])
             if found == 0:
                 skips.shard_error(url, "no samples")
+            elif excluded == found:  # a shard of duplicates only gave nothing: a skip in a row, no error
+                skips.consecutive += 1
             self.check_progress(skips)
 
     def check_progress(self, skips: _Skips) -> None:
@@ -669,6 +682,36 @@ def shard_urls(inputs: list[str]) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def dedup_duplicates(path: str) -> frozenset[str]:
+    """The keys a `reelmill dedup` result marks as near-duplicates (rows with `duplicate_of` set); `path`
+    is a run's OUT, its `manifest/dedup` directory or one parquet file of it."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from curation import storage
+
+    parts = [path] if path.endswith(".parquet") and storage.is_file(path) else []
+    for directory in [] if parts else [storage.join(path, "manifest", "dedup"), path]:
+        if storage.exists(directory) and not storage.is_file(directory):
+            parts = sorted(
+                u for u in storage.list_files(directory, recursive=False) if u.endswith(".parquet")
+            )
+            if parts:
+                break
+    if not parts:
+        raise ConfigError(
+            f"data.dedup: {path} holds no `reelmill dedup` result (manifest/dedup/*.parquet); run "
+            "`reelmill dedup OUT` first, and pass OUT"
+        )
+    keys: set[str] = set()
+    for uri in parts:
+        table = pq.read_table(storage.open_input_file(uri), columns=["clip_id", "duplicate_of"])
+        if "duplicate_of" not in table.column_names:
+            raise ConfigError(f"data.dedup: {uri} is not a `reelmill dedup` manifest (no duplicate_of)")
+        keys.update(table.filter(pc.is_valid(table.column("duplicate_of"))).column("clip_id").to_pylist())
+    return frozenset(keys)
+
+
 class ShardLoader(DataLoader):
     """The data module's DataLoader: a single pass over this rank's shards that delivered no sample at all
     ends with NothingUsable instead of an empty, silent epoch. Only the training process knows: each
@@ -730,6 +773,7 @@ class ShardDataModule(L.LightningDataModule):
         max_sample_bytes: int = safe_tar.DEFAULT_MAX_SAMPLE_BYTES,
         allow_compressed: bool = False,
         worker_timeout_s: float = DEFAULT_WORKER_TIMEOUT_S,
+        dedup: str | None = None,
     ):
         """Batches for `VideoDiTModule` from webdataset shards.
 
@@ -788,6 +832,11 @@ class ShardDataModule(L.LightningDataModule):
             worker_timeout_s: seconds the training process waits for a worker's next batch before it
                 fails (a stuck worker, a hung remote read) instead of hanging; 0: wait forever. Only for
                 num_workers > 0.
+            dedup: a `reelmill dedup` result: a run's OUT, its `manifest/dedup` directory or a parquet file
+                of it. The clips it marks as near-duplicates (`duplicate_of` set) are skipped before they
+                are decoded, in training and validation, and counted as `duplicate`; every other clip (kept
+                ones, and any clip the result does not list) is read as usual. Works for latent shards
+                too: `reelmill encode` keeps the keys.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -825,6 +874,7 @@ class ShardDataModule(L.LightningDataModule):
         self.val_urls: list[str] = []
         self._streams: dict[str, ShardStream] = {}
         self._retired = {split: dict.fromkeys(COUNTERS, 0) for split in ("train", "val")}
+        self.exclude: frozenset[str] | None = None
 
     # -- where this process is -----------------------------------------------------------------
 
@@ -860,6 +910,9 @@ class ShardDataModule(L.LightningDataModule):
                     "data.shards: no training shards given (e.g. --data.shards 'OUT/shards/*.tar')"
                 )
             self.train_urls = shard_urls(_as_list(self.shards))
+        if self.hparams.dedup and self.exclude is None:
+            self.exclude = dedup_duplicates(self.hparams.dedup)
+            log.info("data.dedup: %d near-duplicate clips are skipped", len(self.exclude))
         if stage in (None, "fit", "validate") and self.val_shards and not self.val_urls:
             self.val_urls = shard_urls(_as_list(self.val_shards))
 
@@ -907,6 +960,7 @@ class ShardDataModule(L.LightningDataModule):
             "max_member_bytes": hp.max_member_bytes,
             "max_sample_bytes": hp.max_sample_bytes,
             "allow_compressed": hp.allow_compressed,
+            "exclude": self.exclude,
         }
 
     def train_dataloader(self) -> DataLoader:
@@ -988,9 +1042,9 @@ class ShardDataModule(L.LightningDataModule):
 
     def counts(self, split: Literal["train", "val"] = "train") -> dict[str, int]:
         """Samples delivered and skipped (every counter of `COUNTERS`: `too_short`, `corrupt`,
-        `bad_array`, `member_too_large`, `shard_errors`, `internal_error`) by this rank's loader for
-        `split`, summed over its workers, live (workers count into shared memory). `samples` counts what
-        went into batches, including the few batches prefetched but not yet trained on."""
+        `bad_array`, `member_too_large`, `shard_errors`, `internal_error`, `duplicate`) by this rank's
+        loader for `split`, summed over its workers, live (workers count into shared memory). `samples`
+        counts what went into batches, including the few batches prefetched but not yet trained on."""
         stream = self._streams.get(split)
         current = stream.counts() if stream is not None else dict.fromkeys(COUNTERS, 0)
         return {k: self._retired[split][k] + current[k] for k in COUNTERS}
