@@ -43,7 +43,7 @@ def _status_mb(field: str) -> float:
 def write_run(directory: str, rows: int, seed: int = 0) -> None:
     from curation import storage
     from curation.layout import OutputLayout
-    from curation.record import CLIP_SCHEMA, SCORE_NAMES
+    from curation.record import CLIP_SCHEMA, INTEGER_SCORES, SCORE_NAMES, manifest_row
     from curation.writer import parquet_bytes
 
     rng = random.Random(seed)
@@ -63,13 +63,13 @@ def write_run(directory: str, rows: int, seed: int = 0) -> None:
                              for k in range(n)],
             }  # fmt: skip
             previous = caption
-            batch.append({
+            batch.append(manifest_row({
                 "clip_id": f"clip-{i:09d}", "source": f"s3://raw/video-{i // 20}.mp4", "duration_s": duration,
-                "kept": True, "shard": f"shard-{i // 1000:06d}-000.tar", "width": 1280, "height": 720,
-                **{f"scores.{name}": rng.random() for name in SCORE_NAMES},
-                "caption.summary": caption["summary"], "caption.segments": caption["segments"],
-                "caption.model": "bench", "caption.prompt_id": "dense_v1",
-            })  # fmt: skip
+                "kept": True, "shard": f"shard-{i // 1000:06d}-000.tar", "location": "shards",
+                "width": 1280, "height": 720,
+                "scores": {n: rng.randint(0, 9) if n in INTEGER_SCORES else rng.random() for n in SCORE_NAMES},
+                "caption": {**caption, "model": "bench", "prompt_id": "dense_v1"},
+            }))  # fmt: skip
         storage.write_bytes(
             layout.manifest_part(layout.clips_manifest, part // PART_ROWS), parquet_bytes(batch, CLIP_SCHEMA)
         )

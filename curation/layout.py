@@ -8,6 +8,7 @@ import json
 import os
 from dataclasses import dataclass
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -95,6 +96,8 @@ class OutputLayout:
         "report/report.json",
         "report/plots/*.png",
         "report/sheets/*.jpg",
+        "report/clips.html",
+        "report/browser/**",
     )
     """The files a run writes, as patterns relative to OUT (`**`: everything below), each also with its
     temporaries (`NAME.tmp-*`, left by a write that was cut off). `--overwrite` deletes these and nothing
@@ -198,15 +201,32 @@ class OutputLayout:
         return sorted(u for u in storage.list_files(manifest_dir, recursive=False) if u.endswith(".parquet"))
 
     def iter_manifest(self, manifest_dir: str, columns: list[str] | None = None, batch_rows: int = 4096):
-        """A manifest's rows as dicts, one record batch of one part file at a time, so memory stays
-        bounded however large the run; `columns` limits what is read (absent ones are skipped)."""
+        """A manifest's rows as flat dicts, one record batch of one part file at a time, so memory stays
+        bounded however large the run; `columns` limits what is read (absent ones are skipped).
+
+        Rows read the same from every layout of the clip manifest (`curation.record.SCHEMA_VERSION`):
+        struct columns come out as dotted keys (`scores.motion`, `caption.summary`, `camera.label`), as
+        the columns of layout 1 were named, and `caption_metrics` as a dict (layout 1 held JSON text)."""
 
         for uri in self.manifest_parts(manifest_dir):
             part = pq.ParquetFile(storage.open_input_file(uri))
-            names = part.schema_arrow.names
-            wanted = None if columns is None else [c for c in columns if c in names]
+            names = set(part.schema_arrow.names)
+            wanted = None if columns is None else _physical_columns(columns, names)
             for batch in part.iter_batches(batch_size=batch_rows, columns=wanted):
-                yield from batch.to_pylist()
+                for row in batch.to_pylist():
+                    row = flat_row(row)
+                    yield row if columns is None else {c: row.get(c) for c in columns if c in row}
+
+    def manifest_columns(self, manifest_dir: str) -> set[str]:
+        """The column names `iter_manifest` gives for a manifest (struct fields as dotted names)."""
+        names: set[str] = set()
+        for uri in self.manifest_parts(manifest_dir):
+            for f in pq.ParquetFile(storage.open_input_file(uri)).schema_arrow:
+                if f.name in FLATTENED and pa.types.is_struct(f.type):
+                    names |= {f"{f.name}.{sub.name}" for sub in f.type}
+                else:
+                    names.add(f.name)
+        return names
 
     def read_manifest(self, manifest_dir: str):
         """A manifest directory as one pyarrow Table (every part file)."""
@@ -214,3 +234,32 @@ class OutputLayout:
 
         tables = [pq.read_table(storage.open_input_file(u)) for u in self.manifest_parts(manifest_dir)]
         return pa.concat_tables(tables) if tables else None
+
+
+FLATTENED = ("scores", "camera", "caption")
+"""Struct columns of the clip manifest that `iter_manifest` gives as dotted keys."""
+
+
+def _physical_columns(columns: list[str], names: set[str]) -> list[str]:
+    """The columns (or struct fields, as `struct.field` paths) of a part file that hold `columns`."""
+    out = []
+    for c in columns:
+        head = c.split(".", 1)[0]
+        if c in names or (head in FLATTENED and head in names and head != c):
+            out.append(c)
+    return out
+
+
+def flat_row(row: dict) -> dict:
+    """A manifest row of any layout as layout 1 named it (see `OutputLayout.iter_manifest`); a null
+    struct gives nulls for all its fields, as layout 1's columns did."""
+    from curation.record import STRUCTS
+
+    for name in FLATTENED:
+        if name in row:
+            value = row.pop(name) or dict.fromkeys(f.name for f in STRUCTS[name])
+            row.update({f"{name}.{k}": v for k, v in value.items()})
+    metrics = row.get("caption_metrics")
+    if isinstance(metrics, str):
+        row["caption_metrics"] = json.loads(metrics)
+    return row

@@ -1,4 +1,4 @@
-"""The clip record (DESIGN.md): `KEY.json` in the shards and, flattened, a row of `manifest/clips`.
+"""The clip record (DESIGN.md): `KEY.json` in the shards and a row of `manifest/clips`.
 
 The manifest schemas are fixed here, so every part file of a run (and of every run) has the same
 columns and types, whatever subset of fields a task happened to fill.
@@ -6,6 +6,7 @@ columns and types, whatever subset of fields a task happened to fill.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass, field
 
@@ -42,7 +43,8 @@ class ClipRecord:
     width: int | None = None  # of the clip as written; null for clips never written
     height: int | None = None
     codec: str | None = None
-    shard: str | None = None  # shard file name holding the clip (kept clips)
+    shard: str | None = None  # shard file name holding the clip (kept clips; dropped ones with keep_dropped)
+    location: str | None = None  # the directory of `shard`: "shards" or "dropped"
     scores: dict[str, float | None] = field(default_factory=lambda: dict.fromkeys(SCORE_NAMES))
     camera: dict | None = None  # curation.scoring.camera.camera_record: label, numbers, windows
     text: list[str] | None = None  # burned-in text read by `scoring.text.recognize`; [] read, none found
@@ -59,38 +61,114 @@ class ClipRecord:
         return json.dumps(asdict(self), sort_keys=True, allow_nan=False).encode()
 
     def to_row(self) -> dict:
-        """The flattened manifest row (see CLIP_SCHEMA)."""
-        return flatten_record(asdict(self))
+        """The manifest row (see CLIP_SCHEMA)."""
+        return manifest_row(asdict(self))
 
 
-def flatten_record(record: dict) -> dict:
-    """A clip record (as in `KEY.json`) as a manifest row: scores and caption fields as dotted columns.
-
-    Fields the record lacks (a shard from elsewhere) become nulls; `caption_metrics` is kept as JSON.
-    """
-    row = {
-        k: v
-        for k, v in record.items()
-        if k not in ("scores", "camera", "caption", "caption_metrics", "caption_prev")
-    }
-    scores = record.get("scores") or {}
-    row.update({f"scores.{name}": scores.get(name) for name in SCORE_NAMES})
-    camera = record.get("camera") or {}
-    row.update({f"camera.{name}": camera.get(name) for name in CAMERA_FIELDS})
-    caption = record.get("caption") or {}
-    for name in ("summary", "segments", "model", "prompt_id"):
-        row[f"caption.{name}"] = caption.get(name)
-    metrics = record.get("caption_metrics")
-    row["caption_metrics"] = json.dumps(metrics) if metrics else None
+def manifest_row(record: dict) -> dict:
+    """A clip record (as in `KEY.json`) as a manifest row (see CLIP_SCHEMA): the nested fields stay
+    structs, `drop_rule` is added beside `drop_reason`. Fields the record lacks (a shard from elsewhere)
+    become nulls; `caption_prev` (recaption) is kept as JSON."""
+    row = {k: v for k, v in record.items() if k != "caption_prev"}
+    for name, arrow_type in STRUCTS.items():
+        row[name] = conform(record.get(name), arrow_type)
+    row["drop_rule"] = drop_rule(record.get("drop_reason"))
     if record.get("caption_prev") is not None:
         row["caption_prev"] = json.dumps(record["caption_prev"])
     return row
 
 
+def drop_rule(reason: str | None) -> str | None:
+    """The rule a drop reason names: `motion` of `motion<0.5`, `camera` of `camera=shake`, `duration` of
+    `duration<2`; a reason that is a code (`caption_failed`, `transition`, `internal_error`) is its own."""
+    if not reason:
+        return None
+    cut = min((i for i in (reason.find(c) for c in "<>=") if i > 0), default=len(reason))
+    return reason[:cut]
+
+
+SCHEMA_VERSION = 2
+"""Of the clip manifest: 1 had dotted column names (`scores.motion`) and `caption_metrics` as JSON text;
+2 has struct columns, `drop_rule` and `location`. Written as parquet key-value metadata (`schema_metadata`)."""
+
 CAMERA_FIELDS = ("label", "pan_px", "tilt_px", "zoom", "rotation", "residual", "windows")
 CAMERA_WINDOW_TYPE = pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("label", pa.string())])
 SEGMENT_TYPE = pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("text", pa.string())])
 ERROR_TYPE = pa.struct([("stage", pa.string()), ("message", pa.string())])
+INTEGER_SCORES = ("text_boxes", "content_x", "content_y", "content_w", "content_h")
+SCORES_TYPE = pa.struct(
+    [(name, pa.int64() if name in INTEGER_SCORES else pa.float64()) for name in SCORE_NAMES]
+)
+CAMERA_TYPE = pa.struct(
+    [
+        ("label", pa.string()),
+        *[(name, pa.float64()) for name in ("pan_px", "tilt_px", "zoom", "rotation", "residual")],
+        ("windows", pa.list_(CAMERA_WINDOW_TYPE)),
+    ]
+)
+CAPTION_TYPE = pa.struct(
+    [
+        ("summary", pa.string()),
+        ("segments", pa.list_(SEGMENT_TYPE)),
+        ("model", pa.string()),
+        ("prompt_id", pa.string()),
+    ]
+)
+ALIGNMENT_TYPE = pa.struct(
+    [
+        ("summary", pa.float64()),
+        ("segments", pa.list_(pa.float64())),
+        ("baseline", pa.float64()),
+        ("baseline_clip", pa.string()),
+        ("margin", pa.float64()),
+        ("model", pa.string()),
+    ]
+)
+CAPTION_METRICS_TYPE = pa.struct(
+    [
+        ("num_segments", pa.int64()),
+        ("coverage", pa.float64()),
+        ("summary_words", pa.int64()),
+        ("segment_words", pa.list_(pa.int64())),
+        ("attempts", pa.int64()),
+        ("windows", pa.int64()),
+        ("fixes", pa.list_(pa.string())),
+        ("alignment", ALIGNMENT_TYPE),
+    ]
+)
+"""`captioning.captioner.caption_metrics` and `captioning.alignment.clip_metrics` (under `alignment`)."""
+STRUCTS = {
+    "scores": SCORES_TYPE,
+    "camera": CAMERA_TYPE,
+    "caption": CAPTION_TYPE,
+    "caption_metrics": CAPTION_METRICS_TYPE,
+}
+
+
+def conform(value, arrow_type: pa.DataType):
+    """`value` with every part that does not fit `arrow_type` made null, so a record from elsewhere (a
+    foreign `KEY.json` in recaption) always becomes a manifest row: a struct keeps its own fields only,
+    an integer field takes integral numbers, a float field any number, a string field strings."""
+    if value is None:
+        return None
+    if pa.types.is_struct(arrow_type):
+        if not isinstance(value, dict):
+            return None
+        return {f.name: conform(value.get(f.name), f.type) for f in arrow_type}
+    if pa.types.is_list(arrow_type):
+        return [conform(v, arrow_type.value_type) for v in value] if isinstance(value, list) else None
+    if isinstance(value, bool):
+        return value if pa.types.is_boolean(arrow_type) else None
+    if pa.types.is_integer(arrow_type):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        return value if isinstance(value, int) and -(2**63) <= value < 2**63 else None
+    if pa.types.is_floating(arrow_type):
+        return float(value) if isinstance(value, int | float) else None
+    if pa.types.is_string(arrow_type):
+        return value if isinstance(value, str) else None
+    return value
+
 
 CLIP_SCHEMA = pa.schema(
     [
@@ -107,22 +185,19 @@ CLIP_SCHEMA = pa.schema(
         ("duration_s", pa.float64()),
         ("kept", pa.bool_()),
         ("drop_reason", pa.string()),
+        ("drop_rule", pa.string()),  # the rule of drop_reason (`drop_rule`)
         ("transition", pa.string()),
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("codec", pa.string()),
         ("shard", pa.string()),
+        ("location", pa.string()),  # where `shard` is: shards | dropped (null: the clip was not written)
         ("errors", pa.list_(ERROR_TYPE)),
-        *[(f"scores.{name}", pa.float64()) for name in SCORE_NAMES],
-        ("camera.label", pa.string()),
-        *[(f"camera.{name}", pa.float64()) for name in ("pan_px", "tilt_px", "zoom", "rotation", "residual")],
-        ("camera.windows", pa.list_(CAMERA_WINDOW_TYPE)),
-        ("text", pa.list_(pa.string())),  # kept as the record has it (flatten_record passes it on)
-        ("caption.summary", pa.string()),
-        ("caption.segments", pa.list_(SEGMENT_TYPE)),
-        ("caption.model", pa.string()),
-        ("caption.prompt_id", pa.string()),
-        ("caption_metrics", pa.string()),
+        ("scores", SCORES_TYPE),
+        ("camera", CAMERA_TYPE),
+        ("text", pa.list_(pa.string())),
+        ("caption", CAPTION_TYPE),
+        ("caption_metrics", CAPTION_METRICS_TYPE),
     ]
 )
 
@@ -230,3 +305,24 @@ def embedding_schema(dim: int) -> pa.Schema:
             ("frame_embeddings", pa.list_(pa.list_(pa.float16(), dim))),
         ]
     )
+
+
+def manifest_schema(schema: pa.Schema, run_fingerprint: str | None = None) -> pa.Schema:
+    """`schema` with the key-value metadata every manifest part carries: `reelmill.schema_version`, the
+    run's `reelmill.run_fingerprint`, and pandas metadata that makes `pandas.read_parquet` give nullable
+    integer and boolean columns (Int64, boolean) instead of floats and objects where a value is null."""
+    return schema.with_metadata(
+        {**_pandas_metadata(schema), b"reelmill.schema_version": str(SCHEMA_VERSION).encode()}
+        | ({b"reelmill.run_fingerprint": run_fingerprint.encode()} if run_fingerprint else {})
+    )
+
+
+@functools.cache
+def _pandas_metadata(schema: pa.Schema) -> dict[bytes, bytes]:
+    frame = schema.empty_table().to_pandas()
+    for f in schema:
+        if pa.types.is_integer(f.type):
+            frame[f.name] = frame[f.name].astype("Int32" if f.type == pa.int32() else "Int64")
+        elif pa.types.is_boolean(f.type):
+            frame[f.name] = frame[f.name].astype("boolean")
+    return {b"pandas": pa.Schema.from_pandas(frame, preserve_index=False).metadata[b"pandas"]}

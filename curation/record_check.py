@@ -192,6 +192,7 @@ FIELDS: dict[str, Check] = {
     "height": INTEGER32,
     "codec": STRING,
     "shard": STRING,
+    "location": STRING,
     "scores": _object_of(each=NUMBER),
     "camera": CAMERA,
     "text": _strings,

@@ -116,6 +116,8 @@ class TaskShardWriter:
         self.written: list[str] = []
         self.files: dict[str, dict] = {}
         """Each finished part's `{"bytes", "sha256"}`, by file name: what the task's marker records."""
+        self.stats: dict[str, dict] = {}
+        """Each part's samples, members, first and last key (as written), by file name."""
         self._part = first_part - 1
         self._stream = None
         self._stack: contextlib.ExitStack | None = None
@@ -160,6 +162,12 @@ class TaskShardWriter:
             infos.append(info)
         for info, data in zip(infos, members.values(), strict=True):
             self._tar.addfile(info, io.BytesIO(data))
+        stats = self.stats.setdefault(
+            self.written[-1], {"samples": 0, "members": 0, "first_key": key, "last_key": key}
+        )
+        stats["samples"] += 1
+        stats["members"] += len(infos)
+        stats["last_key"] = key
         self._count += 1
         self._bytes += size
         return self.written[-1]

@@ -21,14 +21,15 @@ from curation.curate_config import CurateConfig
 from curation.filters import ClipFilter
 from curation.layout import OutputLayout
 from curation.quarantine import INTERNAL_ERROR, TRANSIENT_EXHAUSTED
-from curation.record import CLIP_SCHEMA, VIDEO_SCHEMA, embedding_schema, table
+from curation.record import CLIP_SCHEMA, VIDEO_SCHEMA, embedding_schema, manifest_schema, table
 from curation.shards import TaskShardWriter, task_prefix
 from curation.splitter import TaskResult
 
 
-def parquet_bytes(rows: list[dict], schema) -> bytes:
+def parquet_bytes(rows: list[dict], schema, run_fingerprint: str | None = None) -> bytes:
+    """A manifest part: `rows` with exactly `schema`'s columns and the manifests' key-value metadata."""
     sink = io.BytesIO()
-    pq.write_table(table(rows, schema), sink)
+    pq.write_table(table(rows, manifest_schema(schema, run_fingerprint)), sink)
     return sink.getvalue()
 
 
@@ -41,6 +42,16 @@ def shard_outputs(layout: OutputLayout, writer: TaskShardWriter) -> dict[str, di
     """The parts a shard writer published, as a marker records them (paths relative to OUT)."""
     return {
         layout.relative(storage.join(writer.directory, name)): info for name, info in writer.files.items()
+    }
+
+
+def shard_index_entries(layout: OutputLayout, writer: TaskShardWriter) -> dict[str, dict]:
+    """Each part a shard writer published, for `shards/index.json` (`curation.shard_index`): samples,
+    members, bytes, first and last key, by path relative to OUT."""
+    return {
+        layout.relative(storage.join(writer.directory, name)): {**stats, "bytes": writer.files[name]["bytes"]}
+        for name, stats in writer.stats.items()
+        if name in writer.files
     }
 
 
@@ -138,6 +149,7 @@ class TaskWriter:
                 if media is not None and target is not None:
                     # the record names its own shard, so the part is chosen before the json is made
                     record.shard = target.place(len(media["mp4"]) + len(media["jpg"]))
+                    record.location = "shards" if record.kept else "dropped"
                     target.write(record.clip_id, {**media, "json": record.to_json()})
         outputs = shard_outputs(layout, shards) | (shard_outputs(layout, dropped) if dropped else {})
         if result.embeddings:
@@ -151,9 +163,13 @@ class TaskWriter:
             (layout.clips_manifest, [c.to_row() for c in result.clips], CLIP_SCHEMA),
         ):
             write_output(
-                layout, outputs, layout.manifest_part(directory, result.task_id), parquet_bytes(rows, schema)
-            )
+                layout, outputs, layout.manifest_part(directory, result.task_id),
+                parquet_bytes(rows, schema, self.run_fingerprint),
+            )  # fmt: skip
         summary = task_summary(result, shards.written) | (extra or {})
+        summary["shard_index"] = shard_index_entries(layout, shards) | (
+            shard_index_entries(layout, dropped) if dropped else {}
+        )
         # the marker comes last, naming every file above with its size and checksum (`curation.resume`)
         marker = {**summary, "outputs": outputs, "run_fingerprint": self.run_fingerprint}
         storage.write_bytes(layout.marker(result.task_id), json.dumps(marker, indent=1).encode())

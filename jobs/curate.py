@@ -50,6 +50,7 @@ from curation.quarantine import (
 from curation.record import VIDEO_SCHEMA
 from curation.resume import log_redone, trusted_markers
 from curation.scoring_stage import CpuScoringStage
+from curation.shard_index import write_shard_index
 from curation.splitter import ClipSplitter, TaskResult
 from curation.writer import TaskWriter, apply_filters, clear_task, parquet_bytes
 from jobs.attempts import clear_attempts, count_attempts, note_attempt
@@ -514,9 +515,9 @@ def score_distributions(layout: OutputLayout) -> dict[str, dict]:
     parts: dict[str, list[np.ndarray]] = {}
     for uri in layout.manifest_parts(layout.clips_manifest):
         part = pq.ParquetFile(storage.open_input_file(uri))
-        names = [n for n in part.schema_arrow.names if n.startswith("scores.")]
-        table = part.read(columns=names)
-        for name in names:
+        struct = "scores" in part.schema_arrow.names  # the layout before structs had `scores.NAME` columns
+        table = part.read(columns=["scores"] if struct else None).flatten()
+        for name in [n for n in table.column_names if n.startswith("scores.")]:
             column = table.column(name).drop_null()
             parts.setdefault(name, []).append(column.to_numpy().astype(np.float64))
     out = {}
@@ -740,6 +741,7 @@ def _run_curate(inputs, output, cfg, overwrite, num_cpus, log, models, limit, sa
         "models": models
         or ("pretrained" if cfg.scoring.aesthetic.enabled or cfg.captioning.enabled else "none"),
     }
+    write_shard_index(layout, [markers[t.task_id] for t in tasks if t.task_id in markers], log)
     storage.write_bytes(layout.run_json, json.dumps(run, indent=1).encode())
     log(summary_line(counts, wall, output, models))
     report_after_job(output, cfg.report, log)

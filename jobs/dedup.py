@@ -106,9 +106,7 @@ def check_run(layout: OutputLayout) -> None:
 def read_clips(layout: OutputLayout, keep_by: list[str]) -> dict[str, np.ndarray]:
     """The run's kept clips (those in shards): clip_id, shard and the `keep_by` columns (NaN where null).
     A `keep_by` column the manifest lacks is a ConfigError naming it."""
-    names = set()
-    for uri in layout.manifest_parts(layout.clips_manifest):
-        names |= set(pq.ParquetFile(storage.open_input_file(uri)).schema_arrow.names)
+    names = layout.manifest_columns(layout.clips_manifest)
     missing = [c for c in keep_by if c not in names]
     if missing:
         numeric = sorted(n for n in names if n.startswith("scores.") or n.endswith("_s"))

@@ -197,7 +197,8 @@ def run_demo(output: str, num_cpus: int | None = None) -> dict:
             f"  captions   {captioning['captioned']} of {captioning['clips']} clips by {captioning['model']} "
             f"({captioning['prompt_id']}), failures: {captioning['failed'] or 'none'}"
         )
-        clips = layout.read_manifest(layout.clips_manifest).to_pylist()
+        columns = ["clip_id", "duration_s", "caption.summary", "caption.segments"]
+        clips = layout.iter_manifest(layout.clips_manifest, columns)
         example = next((c for c in clips if c["caption.summary"] is not None), None)
         if example is not None:
             print(f"  example    {example['clip_id']} ({example['duration_s']:.1f}s):")

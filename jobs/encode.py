@@ -48,6 +48,7 @@ from curation.quarantine import INTERNAL_ERROR, internal_error_row
 from curation.record_check import check_record_json
 from curation.resume import log_redone, trusted_markers
 from curation.safe_tar import TOO_LARGE
+from curation.shard_index import write_shard_index
 from curation.shards import (
     TaskShardWriter,
     iter_samples,
@@ -57,7 +58,7 @@ from curation.shards import (
     shard_failure,
     video_member,
 )
-from curation.writer import clear_task, parquet_bytes, shard_outputs, write_output
+from curation.writer import clear_task, parquet_bytes, shard_index_entries, shard_outputs, write_output
 from jobs.curate import prepare_output
 from jobs.job_configs import NOT_IN_FINGERPRINT, EncodeConfig
 from jobs.outcomes import error_summary, failure_note, io_report, lost_tasks, tasks_section
@@ -359,6 +360,7 @@ def _write_chunk_files(row: dict, out: str, cfg: EncodeConfig) -> dict:
         "written": sum(r["status"] == "ok" for r in rows),
         "skipped": dict(reasons),
         "shards": writer.written,
+        "shard_index": shard_index_entries(layout, writer),
         "internal_errors": reasons[INTERNAL_ERROR],
         "invalid_records": sum(bool(r.get("invalid_record")) for r in rows),
         "outputs": outputs,
@@ -374,6 +376,8 @@ def _merge(into: dict, summary: dict) -> dict:
     into["skipped"] = dict(Counter(into.get("skipped", {})) + Counter(summary["skipped"]))
     into["shards"] = into.get("shards", []) + summary["shards"]
     into["outputs"] = into.get("outputs", {}) | summary.get("outputs", {})
+    if "shard_index" in summary:  # markers written before the shard index have none
+        into["shard_index"] = into.get("shard_index", {}) | summary["shard_index"]
     for key in ("internal_errors", "invalid_records"):  # markers written before these counts have none
         into[key] = into.get(key, 0) + summary.get(key, 0)
     return into
@@ -537,6 +541,7 @@ def _run_encode(inputs, output, cfg, overwrite, num_cpus, log, models) -> dict:
         "timings": {"wall_s": wall, "clips_per_s": sum(s["written"] for s in fresh.values()) / wall},
         "models": models or "pretrained",
     }
+    write_shard_index(layout, [markers[t.task_id] for t in tasks if t.task_id in markers], log)
     storage.write_bytes(layout.run_json, json.dumps(run, indent=1).encode())
     log(
         f"reelmill encode: {counts['written']} samples written in {counts['shards']} shards, skipped "

@@ -152,8 +152,7 @@ class DedupConfig:
     threshold: float = 0.95
     """A clip is a duplicate of a kept clip when the cosine similarity of their (mean-of-frames, L2
     normalised) CLIP embeddings exceeds this. 0.95: with CLIP ViT-L/14, re-encodes, resizes and small
-    crops of one shot stay above ~0.97, different shots of one scene mostly fall below ~0.93 (README:
-    Deduplication)."""
+    crops of one shot stay above ~0.97, different shots of one scene mostly fall below ~0.93 (docs/dedup.md)."""
     target_cluster_size: int = 1000
     """k-means gets k = ceil(kept clips / this) clusters (one for a tiny run); each clip is compared only
     with the clips of its cluster (and its `probe` nearest), so the work is about n x this."""

@@ -58,10 +58,11 @@ from curation.curate_config import IOConfig
 from curation.inputs import Task, check_subset, expand_input_shards, in_sample, make_tasks
 from curation.layout import OutputLayout
 from curation.quarantine import INTERNAL_ERROR, internal_error_row, is_transient, retry_transient
-from curation.record import RECAPTION_SCHEMA, SHARD_SCHEMA, flatten_record
+from curation.record import RECAPTION_SCHEMA, SHARD_SCHEMA, manifest_row
 from curation.record_check import check_record_json
 from curation.resume import log_redone, trusted_markers
 from curation.safe_tar import TOO_LARGE
+from curation.shard_index import write_shard_index
 from curation.shards import (
     TaskShardWriter,
     iter_keys,
@@ -72,7 +73,7 @@ from curation.shards import (
     shard_failure,
     video_member,
 )
-from curation.writer import clear_task, parquet_bytes, shard_outputs, write_output
+from curation.writer import clear_task, parquet_bytes, shard_index_entries, shard_outputs, write_output
 from jobs.captioning_stage import add_caption_actors, caption_report, check_captioning
 from jobs.curate import prepare_output
 from jobs.job_configs import NOT_IN_FINGERPRINT, RecaptionConfig
@@ -294,13 +295,14 @@ class _Writers:
         """Write the sample where it belongs (or nowhere), with its record naming its shard."""
         target = self.kept if done.kept else self.dropped
         record, members = done.record, done.members
-        record["shard"] = None
+        record["shard"] = record["location"] = None
         if target is None:
             return
         json_name = member(members, "json") or "json"
         members[json_name] = b""  # holds the json's place in the member order until it is made
         # the record names its own shard, so the part is chosen before the json is made
         record["shard"] = target.place(sum(len(v) for v in members.values()))
+        record["location"] = "shards" if target is self.kept else "dropped"
         members[json_name] = json.dumps(record, sort_keys=True).encode()
         target.write(key, members)
 
@@ -327,7 +329,7 @@ def _sample_row(
         done.record["errors"].append({"stage": ALIGNMENT_STAGE, "message": alignment_error})
         error = error if error["error_code"] else {"error_code": INTERNAL_ERROR, "error": alignment_error}
     writers.write(ids["key"], done)
-    return flatten_record(done.record) | {
+    return manifest_row(done.record) | {
         "clip_id": done.record.get("clip_id") or ids["key"],
         **ids,
         **error,
@@ -396,12 +398,16 @@ def _write_task(row: dict, out: str, cfg: RecaptionConfig, fingerprint: str) -> 
         (layout.clips_manifest, rows, RECAPTION_SCHEMA),
     ):
         write_output(
-            layout, outputs, layout.manifest_part(directory, task_id), parquet_bytes(table_rows, schema)
-        )
+            layout, outputs, layout.manifest_part(directory, task_id),
+            parquet_bytes(table_rows, schema, fingerprint),
+        )  # fmt: skip
     summary = _summary(task_id, shard_rows, rows, len(samples), pickle.loads(row["caption_stats"]))
     if alignment is not None:
         summary["alignment"] = alignment
     summary["shards"] = writers.kept.written
+    summary["shard_index"] = shard_index_entries(layout, writers.kept) | (
+        shard_index_entries(layout, writers.dropped) if writers.dropped else {}
+    )
     summary["outputs"] = outputs
     # the marker comes last, naming every file above with its size and checksum (`curation.resume`)
     storage.write_bytes(
@@ -580,6 +586,7 @@ def _run_recaption(inputs, output, cfg, overwrite, num_cpus, limit, sample, log,
         "timings": {"wall_s": wall},
         "models": models or "pretrained",
     }
+    write_shard_index(layout, summaries, log)
     storage.write_bytes(layout.run_json, json.dumps(run, indent=1).encode())
     log(
         f"reelmill recaption: {counts['shards_in']} shards ({counts['shard_errors']} unreadable), "

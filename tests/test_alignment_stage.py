@@ -281,7 +281,7 @@ def test_curate_writes_alignment_and_the_rule_drops_as_the_numbers_say(curated):
     for key, record in {**kept, **dropped}.items():
         alignment = record["caption_metrics"]["alignment"]
         assert alignment["model"] == TINY_CLIP_NAME and len(alignment["segments"]) == 2
-        assert json.loads(rows[key]["caption_metrics"])["alignment"] == alignment
+        assert rows[key]["caption_metrics"]["alignment"] == alignment
         margin = alignment["margin"]
         fails = margin is not None and margin < RULE_MIN
         assert record["kept"] is not fails and rows[key]["kept"] is not fails
@@ -338,7 +338,7 @@ def test_recaption_refreshes_the_alignment(curated, tiny_vlm, tmp_path):
     rows = layout.read_manifest(layout.clips_manifest).to_pylist()
     for row in rows:
         assert (
-            json.loads(row["caption_metrics"])["alignment"]
+            row["caption_metrics"]["alignment"]
             == after[row["key"]]["caption_metrics"]["alignment"]
         )
 

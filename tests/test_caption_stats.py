@@ -25,7 +25,8 @@ from captioning.caption_stats import (
     CaptionStatsAccumulator,
     caption_text,
 )
-from curation.record import CLIP_SCHEMA, flatten_record, table
+from curation.layout import flat_row
+from curation.record import CLIP_SCHEMA, manifest_row, table
 
 
 def clip(clip_id, summary=None, segments=None, duration=10.0, kept=True, errors=(), drop_reason=None):
@@ -46,7 +47,7 @@ def clip(clip_id, summary=None, segments=None, duration=10.0, kept=True, errors=
         "caption": caption,
         "errors": [{"stage": stage, "message": message} for stage, message in errors],
     }
-    return flatten_record(record)
+    return manifest_row(record)
 
 
 NEAR_SUMMARY = (
@@ -164,7 +165,7 @@ RAW = [
         errors=[("split", "refusal: not a caption error"), ("caption", "the model crashed")],
     ),
 ]
-ROWS = table(RAW, CLIP_SCHEMA).to_pylist()
+ROWS = [flat_row(r) for r in table(RAW, CLIP_SCHEMA).to_pylist()]  # as OutputLayout.iter_manifest gives them
 
 
 def words(text: str) -> list[str]:

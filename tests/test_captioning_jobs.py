@@ -62,8 +62,8 @@ def test_curate_captions_every_kept_clip(curated, tiny_vlm):
         assert caption["summary"] == parsed.summary
         assert sample["txt"].decode() == format_training_caption(parsed)
         assert record["caption_metrics"]["num_segments"] == 2
-        assert clips[key]["caption.summary"] == parsed.summary
-        assert [s["text"] for s in clips[key]["caption.segments"]] == [s.text for s in parsed.segments]
+        assert clips[key]["caption"]["summary"] == parsed.summary
+        assert [s["text"] for s in clips[key]["caption"]["segments"]] == [s.text for s in parsed.segments]
     captioning = run["captioning"]
     assert captioning["captioned"] == captioning["clips"] == len(kept) and captioning["failed"] == {}
     assert captioning["new_tokens"] > 20 * len(kept)

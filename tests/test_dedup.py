@@ -310,7 +310,7 @@ def test_every_copy_is_found_through_the_real_path_at_the_default_threshold(cura
 
 def test_at_the_tiny_models_scale_distinct_sources_stay_apart_and_the_best_copy_is_kept(curated):
     rows, run = dedup(curated, "--threshold", str(TINY_THRESHOLD))
-    best = max(COPIES, key=lambda n: curated["clips"][n]["scores.aesthetic"])  # the tiny CLIP's say
+    best = max(COPIES, key=lambda n: curated["clips"][n]["scores"]["aesthetic"])  # the tiny CLIP's say
     assert {name for name, r in rows.items() if not r["duplicate_of"]} == {best, *DISTINCT}
     assert {rows[n]["duplicate_of"] for n in COPIES if n != best} == {best}
     for name in DISTINCT:  # each distinct source's closest call stayed under the threshold

@@ -65,11 +65,11 @@ def test_rules_drop_still_and_dark_clips_and_keep_them_for_inspection(
     assert (rows["still"]["kept"], rows["still"]["drop_reason"]) == (False, "motion<0.0012")
     assert (rows["dark"]["kept"], rows["dark"]["drop_reason"]) == (False, "brightness<0.08")
     assert (rows["overlay"]["kept"], rows["overlay"]["drop_reason"]) == (False, "text_area>0.1")
-    assert rows["moving"]["scores.text_area"] < 0.1 < rows["overlay"]["scores.text_area"]
-    assert rows["overlay"]["scores.text_boxes"] >= 1 and rows["overlay"]["text"] is None  # not read
-    assert rows["still"]["scores.motion"] < 0.0012 < rows["moving"]["scores.motion"]
+    assert rows["moving"]["scores"]["text_area"] < 0.1 < rows["overlay"]["scores"]["text_area"]
+    assert rows["overlay"]["scores"]["text_boxes"] >= 1 and rows["overlay"]["text"] is None  # not read
+    assert rows["still"]["scores"]["motion"] < 0.0012 < rows["moving"]["scores"]["motion"]
     for row in rows.values():  # dropped clips keep every score
-        assert all(row[f"scores.{n}"] is not None for n in ("motion", "sharpness", "brightness", "aesthetic"))
+        assert all(row["scores"][n] is not None for n in ("motion", "sharpness", "brightness", "aesthetic"))
 
     kept = {s["__key__"] for url in layout.shard_files() for s in wds.WebDataset(url, shardshuffle=False)}
     assert kept == {rows["moving"]["clip_id"]}
@@ -86,15 +86,15 @@ def test_rules_drop_still_and_dark_clips_and_keep_them_for_inspection(
     }
     # a held frame: the camera does not move, over the clip and in each of its 2 s windows
     still = rows["still"]
-    assert still["camera.label"] == "static" and dropped[still["clip_id"]]["camera"]["label"] == "static"
-    assert [w["label"] for w in still["camera.windows"]] == ["static"] * math.ceil(still["duration_s"] / 2)
+    assert still["camera"]["label"] == "static" and dropped[still["clip_id"]]["camera"]["label"] == "static"
+    assert [w["label"] for w in still["camera"]["windows"]] == ["static"] * math.ceil(still["duration_s"] / 2)
 
     assert run["filters"]["drops_by_rule"] == {
         "brightness<0.08": 1, "motion<0.0012": 1, "sharpness<20": 0, "text_area>0.1": 1,
     }  # fmt: skip
     assert run["scores"]["motion"]["count"] == 4 and run["scores"]["text_area"]["count"] == 4
-    assert run["scores"]["motion"]["min"] == pytest.approx(min(r["scores.motion"] for r in rows.values()))
-    assert run["scores"]["motion"]["max"] == pytest.approx(rows["moving"]["scores.motion"])
+    assert run["scores"]["motion"]["min"] == pytest.approx(min(r["scores"]["motion"] for r in rows.values()))
+    assert run["scores"]["motion"]["max"] == pytest.approx(rows["moving"]["scores"]["motion"])
 
     embeddings = pq.read_table(out / "manifest" / "embeddings").to_pylist()
     assert {e["clip_id"] for e in embeddings} == {r["clip_id"] for r in rows.values()}
@@ -110,6 +110,6 @@ def test_score_only_records_everything_and_drops_nothing(ray_local, clips_dir, t
     rows = by_source(OutputLayout(str(out)))
     assert all(r["kept"] for r in rows.values())
     assert run["counts"]["clips_kept"] == 4 and sum(run["filters"]["drops_by_rule"].values()) == 0
-    assert rows["dark"]["scores.brightness"] < 0.08
-    assert rows["overlay"]["scores.text_area"] > 0.1 > rows["dark"]["scores.text_area"]
+    assert rows["dark"]["scores"]["brightness"] < 0.08
+    assert rows["overlay"]["scores"]["text_area"] > 0.1 > rows["dark"]["scores"]["text_area"]
     assert run["timings"]["stage_task_s"]["text"] > 0

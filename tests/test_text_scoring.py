@@ -191,7 +191,7 @@ def test_stage_fills_scores_and_text_and_quarantines_one_bad_clip(frames, scorer
 
     # the manifest row holds the strings; a foreign record's text of the wrong type is removed
     rows = table([r.to_row() for r in records], CLIP_SCHEMA).to_pylist()
-    assert rows[0]["text"] == title.text and rows[0]["scores.text_boxes"] == title.scores["text_boxes"]
+    assert rows[0]["text"] == title.text and rows[0]["scores"]["text_boxes"] == title.scores["text_boxes"]
     checked = check_record({"text": ["ok", 5], "scores": {"text_area": 0.1}})
     assert checked.record["text"] == ["ok"] and checked.problems == [
         "text[1]: expected a string, got int 5 (item removed)"

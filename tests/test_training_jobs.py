@@ -64,6 +64,9 @@ def test_encode_writes_a_latent_sample_for_every_clip(latents, curated_run, tiny
         assert sample["txt"].startswith(record["caption"]["summary"])
     rows = OutputLayout(str(out)).read_manifest(OutputLayout(str(out)).samples_manifest).to_pylist()
     assert sorted(r["key"] for r in rows) == sorted(written) and {r["status"] for r in rows} == {"ok"}
+    index = json.loads((out / "shards" / "index.json").read_text())
+    assert index["totals"]["samples"] == len(written)
+    assert {s["url"] for s in index["shardlist"]} == {p.name for p in (out / "shards").glob("*.tar")}
     assert run["models"] == "pretrained" and run["latent"]["channels"] == latent.shape[0]
 
 
@@ -77,8 +80,10 @@ def test_encode_skips_clips_too_short_as_rows_and_resumes(ray_local, curated_run
     assert skipped and {r["reason"] for r in skipped} == {"too_short"}
     assert run["counts"]["skipped"] == {"too_short": len(skipped)}
     assert run["counts"]["written"] == len(rows) - len(skipped) > 0
+    index = (out / "shards" / "index.json").read_text()
     again = run_encode([str(curated_run)], str(out), cfg)  # every task has its marker: nothing to redo
     assert again["tasks"]["run_now"] == 0 and again["counts"] == run["counts"]
+    assert (out / "shards" / "index.json").read_text() == index  # rebuilt from the markers alone
 
 
 def batches_by_key(datamodule) -> dict[str, dict]:

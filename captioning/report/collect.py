@@ -186,7 +186,7 @@ def example_clip(row: dict) -> dict:
             "model": row.get("caption.model"),
             "prompt_id": row.get("caption.prompt_id"),
         },
-        "caption_metrics": json.loads(metrics) if metrics else None,
+        "caption_metrics": metrics or None,
         "camera": camera_of(row),
         "words": len(_words(" ".join([row.get("caption.summary") or ""] + [
             s.get("text") or "" for s in row.get("caption.segments") or []
