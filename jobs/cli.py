@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import os
 import sys
 
 from curation import config as config_lib
 from curation.inputs import InputError
-from jobs.job_configs import CurateJobConfig, DedupConfig, EncodeConfig, RecaptionConfig
+from jobs.job_configs import DedupConfig
 from jobs.logs import configure_logging
+from jobs.print_config import JOB_CONFIGS, config_yaml, job_config
 
 OVERWRITE_HELP = (
     "start over: delete the run's own files in OUT (shards, manifests, markers, report, run.json; "
@@ -20,8 +22,8 @@ OVERWRITE_HELP = (
 
 def _add_curate(sub) -> None:
     p = sub.add_parser("curate", help="raw videos -> clip shards and manifests")
-    p.add_argument("--input", "-i", nargs="+", required=True, help="directories, globs, manifests or files")
-    p.add_argument("--output", "-o", required=True, help="output directory or URI (OUT)")
+    p.add_argument("--input", "-i", nargs="+", help="directories, globs, manifests or files (required)")
+    p.add_argument("--output", "-o", help="output directory or URI (OUT) (required)")
     p.add_argument("--config", default="default", help="preset name in configs/curate/ or a YAML path")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--videos-per-task", type=int, help="shorthand for --set input.videos_per_task=N")
@@ -32,6 +34,17 @@ def _add_curate(sub) -> None:
     _add_ray(p)
     _add_subset(p, "input videos")
     _add_error_limit(p)
+    _add_print_config(p)
+
+
+def _add_print_config(p) -> None:
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the config the job would run with (defaults, --config, --set, flags) as YAML and exit, "
+        "without starting Ray or touching OUT; --input and --output may be left out",
+    )
+    p.set_defaults(job_parser=p)  # for argparse's own message when --input or --output is missing
 
 
 def _add_ray(p) -> None:
@@ -69,15 +82,16 @@ def _add_subset(p, what: str) -> None:
 def _add_recaption(sub) -> None:
     p = sub.add_parser("recaption", help="caption the clips of webdataset shards again (new model or prompt)")
     p.add_argument(
-        "--input", "-i", nargs="+", required=True, help="shard files, directories, globs, {000..009} or URLs"
+        "--input", "-i", nargs="+", help="shard files, directories, globs, {000..009} or URLs (required)"
     )
-    p.add_argument("--output", "-o", required=True, help="output directory or URI (OUT)")
+    p.add_argument("--output", "-o", help="output directory or URI (OUT) (required)")
     p.add_argument("--config", default="default", help="preset name in configs/recaption/ or a YAML path")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     _add_ray(p)
     _add_subset(p, "samples")
     _add_error_limit(p)
+    _add_print_config(p)
 
 
 def _add_report(sub) -> None:
@@ -90,14 +104,24 @@ def _add_report(sub) -> None:
         "--max-clips", type=int, help="shorthand for --set report.max_clips=N (clips sampled for alignment)"
     )
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="report.KEY=VALUE")
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="serve the clip browser over HTTP, clips streamed out of the shards, until Ctrl-C "
+        "(builds the report first when there is none, or when report flags are given)",
+    )
+    p.add_argument("--port", type=int, help="with --serve: the port to listen on (default 8765; 0: any free)")
+    p.add_argument(
+        "--host", help="with --serve: the address to listen on (default 127.0.0.1, this machine only)"
+    )
 
 
 def _add_encode(sub) -> None:
     p = sub.add_parser(
         "encode", help="clip shards -> latent shards (VAE latents, text embeddings) for training"
     )
-    p.add_argument("--input", "-i", nargs="+", required=True, help="a run's OUT, shard files, globs or URLs")
-    p.add_argument("--output", "-o", required=True, help="output directory or URI for the latent shards")
+    p.add_argument("--input", "-i", nargs="+", help="a run's OUT, shard files, globs or URLs (required)")
+    p.add_argument("--output", "-o", help="output directory or URI for the latent shards (required)")
     p.add_argument("--config", default="default", help="preset name in configs/encode/ or a YAML path")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--vae", metavar="MODEL", help="shorthand for --set vae.model=MODEL (hub id or directory)")
@@ -105,6 +129,7 @@ def _add_encode(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     _add_ray(p)
     _add_error_limit(p)
+    _add_print_config(p)
 
 
 def _add_dedup(sub) -> None:
@@ -159,9 +184,17 @@ def _add_demo(sub) -> None:
     _add_ray(p)
 
 
-def main(argv: list[str] | None = None) -> int:
-    configure_logging()  # once, before any library logs: every line prints once
+def _version() -> str:
+    try:
+        return importlib.metadata.version("reelmill")
+    except importlib.metadata.PackageNotFoundError:  # a checkout on sys.path without an install
+        return "unknown (not installed)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every command and flag except `train`'s, which are LightningCLI's."""
     parser = argparse.ArgumentParser(prog="reelmill", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"reelmill {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_curate(sub)
     _add_recaption(sub)
@@ -171,12 +204,44 @@ def main(argv: list[str] | None = None) -> int:
     _add_train(sub)
     _add_sample(sub)
     _add_demo(sub)
+    return parser
+
+
+def _require_paths(args: argparse.Namespace) -> None:
+    """--input and --output are required to run a job, not to print its config: argparse's own message
+    and exit status 2 when one is missing."""
+    if args.command not in JOB_CONFIGS or args.print_config:
+        return
+    missing = [
+        flag for flag, value in (("--input/-i", args.input), ("--output/-o", args.output)) if not value
+    ]
+    if missing:
+        args.job_parser.error(f"the following arguments are required: {', '.join(missing)}")
+
+
+def print_config(args: argparse.Namespace) -> int:
+    """`--print-config`: the effective config as YAML on stdout; a bad key or value is exit status 2."""
+    try:
+        cfg = job_config(args)
+    except config_lib.ConfigError as exc:
+        print(f"reelmill {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(config_yaml(args.command, cfg))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    configure_logging()  # once, before any library logs: every line prints once
+    parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["train"]:  # every further argument is LightningCLI's
         from jobs.train import main as train_main
 
         return train_main(argv[1:])
     args = parser.parse_args(argv)
+    _require_paths(args)
+    if getattr(args, "print_config", False):  # before Ray is imported, and OUT is never looked at
+        return print_config(args)
     from captioning.report.collect import ReportError
     from jobs.curate import ResumeRefused  # heavy imports (ray) only once arguments parse
     from jobs.output_lock import OutputBusy
@@ -199,12 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "curate":
             from jobs.curate import run_curate
 
-            overrides = list(args.overrides)
-            if args.keep_dropped:
-                overrides.append("shards.keep_dropped=true")
-            if args.videos_per_task is not None:
-                overrides.append(f"input.videos_per_task={args.videos_per_task}")
-            cfg = config_lib.load(CurateJobConfig, "curate", args.config, overrides)
+            cfg = job_config(args)
             run = run_curate(
                 args.input, args.output, cfg, overwrite=args.overwrite, num_cpus=args.num_cpus,
                 limit=args.limit, sample=args.sample,
@@ -212,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "recaption":
             from jobs.recaption import run_recaption
 
-            cfg = config_lib.load(RecaptionConfig, "recaption", args.config, args.overrides)
+            cfg = job_config(args)
             run = run_recaption(
                 args.input, args.output, cfg, overwrite=args.overwrite, num_cpus=args.num_cpus,
                 limit=args.limit, sample=args.sample,
@@ -223,16 +283,26 @@ def main(argv: list[str] | None = None) -> int:
             overrides = list(args.overrides)
             if args.max_clips is not None:
                 overrides.append(f"report.max_clips={args.max_clips}")
-            run_report(args.output, overrides, compare=args.compare)
+            if not args.serve:
+                if args.port is not None or args.host is not None:
+                    raise config_lib.ConfigError("--port and --host go with --serve")
+                run_report(args.output, overrides, compare=args.compare)
+            else:
+                from captioning.report.collect import open_run
+                from captioning.report.serve import has_browser_page, serve
+                from jobs.report import report_config
+
+                port = 8765 if args.port is None else args.port
+                if not 0 <= port <= 65535:
+                    raise config_lib.ConfigError(f"--port {port}: must be in 0-65535 (0: any free port)")
+                if overrides or args.compare or not has_browser_page(args.output):
+                    run_report(args.output, overrides, compare=args.compare)
+                cfg = report_config(open_run(args.output).config, overrides)
+                return serve(args.output, args.host or "127.0.0.1", port, cfg)
         elif args.command == "encode":
             from jobs.encode import run_encode
 
-            overrides = list(args.overrides)
-            if args.vae is not None:
-                overrides.append(f"vae.model={args.vae}")
-            if args.text_encoder is not None:
-                overrides.append(f"text_encoder.model={args.text_encoder}")
-            cfg = config_lib.load(EncodeConfig, "encode", args.config, overrides)
+            cfg = job_config(args)
             run = run_encode(args.input, args.output, cfg, overwrite=args.overwrite, num_cpus=args.num_cpus)
         elif args.command == "dedup":
             from jobs.dedup import run_dedup
