@@ -1,6 +1,8 @@
 """The quality report on real runs: a curate run over generated videos (a broken upload, a still shot, a
 too-short shot) captioned by the tiny fine-tuned VLM, its numbers recomputed here from the manifests,
-the page checked in headless Chromium, and `--compare` against a recaption by a second tiny VLM."""
+the page checked in headless Chromium, and `--compare` against a recaption by a second tiny VLM; a
+score-only run of the same videos, deduplicated, for the would-be-dropped clips and the duplicates.
+The plots are checked through what their functions read back from the axes they drew."""
 
 import json
 import re
@@ -15,7 +17,8 @@ import pytest
 import webdataset as wds
 from browser import render_page
 
-from captioning.report.plots import THRESHOLD_COLOR, histogram_grid
+from captioning.report.collect import bin_edges
+from captioning.report.plots import THRESHOLD_COLOR, format_hours, funnel_chart, histogram_grid
 from captioning.tiny_vlm import build_tiny_qwen2_vl, fit_answer
 from conftest import caption_overrides, model_overrides
 from curation import config, synthetic
@@ -72,10 +75,30 @@ def manifest(out: Path, name: str) -> pd.DataFrame:
     return pq.read_table(out / "manifest" / name).flatten().to_pandas()  # struct fields as dotted columns
 
 
+def clip_rows(out: Path) -> pd.DataFrame:
+    """The clips manifest without its transition rows (cuts between shots, which are not clips)."""
+    clips = manifest(out, "clips")
+    return clips[clips.drop_reason != "transition"]
+
+
+def plotted_values(clips: pd.DataFrame, name: str) -> pd.Series:
+    """A plotted number per clip, as the report defines it: a score column, the duration, or the short side."""
+    if name == "short_side_px":
+        sized = clips[(clips.width > 0) & (clips.height > 0)]
+        return np.minimum(sized.width, sized.height).astype(float)
+    column = clips[name if name == "duration_s" else f"scores.{name}"].astype(float)
+    return column[np.isfinite(column)]
+
+
+def is_integer(values) -> bool:
+    return all(float(v).is_integer() for v in values)
+
+
 def test_curate_writes_the_report_and_its_funnel_matches_the_manifests(curated):
     out, _, report = curated
     assert (out / "report" / "index.html").is_file()
-    videos, clips = manifest(out, "videos"), manifest(out, "clips")
+    videos, rows = manifest(out, "videos"), manifest(out, "clips")
+    clips = clip_rows(out)
     f = report["funnel"]
     ok = videos[videos.status == "ok"]
     assert f["videos"] == len(videos) == 4 and f["videos_ok"] == len(ok) == 3
@@ -83,15 +106,131 @@ def test_curate_writes_the_report_and_its_funnel_matches_the_manifests(curated):
     assert f["shots"] == ok.num_shots.sum()
     assert f["candidate_clips"] == len(clips) and f["kept_clips"] == clips.kept.sum()
     assert f["drops"] == clips[~clips.kept].drop_reason.value_counts().to_dict()
-    assert {"duration<2", "motion<0.0012"} <= set(f["drops"])
+    assert {"duration<2", "motion<0.0012"} <= set(f["drops"]) and "transition" not in f["drops"]
+    transitions = rows[rows.drop_reason == "transition"]
+    assert f["transitions"] == transitions.transition.value_counts().to_dict() and len(transitions) >= 1
     assert f["hours_in"] == pytest.approx(ok.duration_s.sum() / 3600)
     assert f["hours_kept"] == pytest.approx(clips[clips.kept].duration_s.sum() / 3600)
     assert [n for _, n in f["stages"]] == [4, 3, f["shots"], len(clips), clips.kept.sum()]
 
 
+def test_the_funnel_draws_one_chart_per_unit_with_the_manifests_numbers(curated):
+    out, _, report = curated
+    videos, clips = manifest(out, "videos"), clip_rows(out)
+    ok = videos[videos.status == "ok"]
+    drawn = report["funnel"]["plot"]
+    assert [p["unit"] for p in drawn] == ["videos", "clips", "hours"]
+    assert drawn[0]["values"] == [len(videos), len(ok)]
+    assert drawn[1]["values"] == [len(clips), clips.kept.sum()]
+    assert drawn[1]["texts"] == [
+        f"{len(clips)}",
+        f"{clips.kept.sum()}  ({clips.kept.sum() / len(clips):.0%})",
+    ]
+    seconds = [ok.duration_s.sum(), clips.duration_s.sum(), clips[clips.kept].duration_s.sum()]
+    # a run of seconds is drawn in seconds, and every bar says its amount in words a reader takes in
+    assert drawn[2]["axis_unit"] == "seconds" and drawn[2]["values"] == pytest.approx(seconds)
+    assert drawn[2]["texts"] == [f"{s:.0f} s" for s in seconds]
+    for panel in drawn[:2]:
+        assert panel["ticks"] and is_integer(panel["ticks"]), panel
+    html = (out / "report" / "index.html").read_text()
+    assert f'<td class="n">{round(seconds[2])} s</td>' in html  # the table rounds hours as the chart does
+
+
+def test_score_histograms_split_kept_and_dropped_clips_exactly(curated):
+    out, _, report = curated
+    clips = clip_rows(out)
+    assert set(report["scores"]) >= {"motion", "sharpness", "brightness", "aesthetic", "duration_s"}
+    for name, entry in report["scores"].items():
+        hist, plot = entry["histogram"], entry["plot"]
+        edges = np.asarray(hist["edges"])
+        values = plotted_values(clips, name)
+        kept = clips.loc[values.index, "kept"].to_numpy(bool)
+        expected = {
+            "kept": np.histogram(values[kept], bins=edges)[0].tolist(),
+            "dropped": np.histogram(values[~kept], bins=edges)[0].tolist(),
+        }
+        assert hist["series"] == expected, name
+        assert plot["series"] == expected and plot["edges"] == hist["edges"], name  # what the picture shows
+        assert sum(hist["counts"]) == len(values) == entry["count"]
+        assert plot["count_ticks"] and is_integer(plot["count_ticks"]), (name, plot["count_ticks"])
+        assert plot["xscale"] == hist["scale"]
+        for t in entry["thresholds"]:  # the bins reach every threshold, so both sides of it are shown
+            assert edges[0] <= t["value"] <= edges[-1]
+    assert sum(report["scores"]["motion"]["histogram"]["series"]["dropped"]) >= 1
+
+
+def test_a_score_over_more_than_two_decades_gets_a_log_axis(curated):
+    out, _, report = curated
+    clips = clip_rows(out)
+    scales = {name: entry["plot"]["xscale"] for name, entry in report["scores"].items()}
+    for name, scale in scales.items():
+        values = plotted_values(clips, name)
+        spread = values.min() > 0 and values.max() / values.min() > 100
+        assert scale == ("log" if spread else "linear"), (name, values.min(), values.max())
+    sharp = plotted_values(clips, "sharpness")
+    assert sharp.max() / sharp.min() > 100 and scales["sharpness"] == "log"  # blurred, flat and sharp shots
+    assert scales["aesthetic"] == "linear"
+    boxes = report["scores"]["text_boxes"]
+    assert boxes["histogram"]["integer_bins"] and is_integer(boxes["plot"]["value_ticks"])
+
+
+def test_bins_follow_the_data(tmp_path):
+    log = bin_edges(0.5, 5000.0, 100)
+    assert log["scale"] == "log" and log["edges"][0] == 0.5 and log["edges"][-1] == 5000.0
+    assert np.allclose(np.diff(np.log(log["edges"])), np.log(10000) / (len(log["edges"]) - 1))
+    assert bin_edges(1.0, 99.0, 100)["scale"] == "linear"  # under two decades
+    assert bin_edges(0.0, 5000.0, 100)["scale"] == "linear"  # a zero has no place on a log axis
+    ints = bin_edges(2.0, 2.0, 5, integers=True)
+    assert ints["integer_bins"] and 2 in [e + 0.5 for e in ints["edges"]] and len(ints["edges"]) - 1 == 7
+    assert bin_edges(0.0, 1.0, 5, integers=True)["edges"][0] == -0.5  # no bins of negative counts
+    marked = bin_edges(0.4, 0.6, 50, marks=(0.08, 0.95))
+    assert marked["edges"][0] == 0.08 and marked["edges"][-1] == 0.95
+
+
+def test_legends_and_threshold_labels_cover_no_bars(tmp_path):
+    panels = [
+        {"title": "a", "xlabel": "px", "histogram": bin_edges(0.0, 10.0, 40) | {
+            "series": {"kept": [3] * 10, "dropped": [1] * 10}},
+         "thresholds": [{"side": "min", "value": 2.0}, {"side": "max", "value": 2.5}, {"side": "max", "value": 9.0}]},
+        {"title": "b", "histogram": bin_edges(1.0, 1e5, 40) | {"series": {"kept": [4] * 10, "dropped": [0] * 10}},
+         "thresholds": [{"side": "min", "value": 20.0}]},
+    ]  # fmt: skip
+    drawn = histogram_grid(str(tmp_path / "grid.png"), panels)
+
+    def overlap(a, b) -> bool:
+        return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+    boxes = [p["axes_box"] for p in drawn["panels"].values()]
+    labels = [box for p in drawn["panels"].values() for box in p["label_boxes"]]
+    assert drawn["legend_box"] is not None and len(labels) == 4
+    for box in [drawn["legend_box"], *labels]:
+        assert not any(overlap(box, axes) for axes in boxes), box
+    assert not any(overlap(a, b) for i, a in enumerate(labels) for b in labels[i + 1 :])
+    assert drawn["panels"]["a"]["thresholds"] == [2.0, 2.5, 9.0] and drawn["panels"]["b"]["xscale"] == "log"
+    assert drawn["panels"]["a"]["series"] == {"kept": [3.0] * 10, "dropped": [1.0] * 10}
+
+
+@pytest.mark.parametrize(
+    ("hours", "text"),
+    [(0.0, "0 h"), (2 / 3600, "2.0 s"), (0.0055, "20 s"), (0.04, "2.4 min"), (0.5, "30 min"), (2.345, "2.3 h"),
+     (1234.4, "1,234 h")],
+)  # fmt: skip
+def test_hours_read_as_a_person_would_say_them(hours, text):
+    assert format_hours(hours) == text
+
+
+def test_funnel_chart_draws_hours_in_the_unit_they_read_best_in(tmp_path):
+    panels = [{"title": "Clips", "unit": "clips", "stages": [["candidate clips", 12000], ["kept clips", 9001]]},
+              {"title": "Duration", "unit": "hours", "stages": [["in", 1500.0], ["kept", 1234.4]]}]  # fmt: skip
+    clips, hours = funnel_chart(str(tmp_path / "funnel.png"), panels)
+    assert clips["values"] == [12000, 9001] and clips["texts"] == ["12,000", "9,001  (75%)"]
+    assert is_integer(clips["ticks"])
+    assert hours["axis_unit"] == "hours" and hours["texts"] == ["1,500 h", "1,234 h"]
+
+
 def test_score_distributions_and_thresholds_match_the_manifest(curated):
     out, _, report = curated
-    clips = manifest(out, "clips")
+    clips = clip_rows(out)
     motion = clips["scores.motion"].dropna().to_numpy()
     entry = report["scores"]["motion"]
     assert entry["count"] == len(motion) and entry["mean"] == pytest.approx(motion.mean())
@@ -125,8 +264,8 @@ def test_histogram_grid_reads_its_threshold_lines_back_from_the_axes(tmp_path):
          "thresholds": [{"side": "min", "value": 0.5, "share_beyond": 0.25}]},
         {"title": "b", "histogram": {"edges": [], "counts": []}},
     ]  # fmt: skip
-    drawn = histogram_grid(str(tmp_path / "grid.png"), panels)
-    assert drawn == {"a": [0.5], "b": []}
+    drawn = histogram_grid(str(tmp_path / "grid.png"), panels)["panels"]
+    assert {title: p["thresholds"] for title, p in drawn.items()} == {"a": [0.5], "b": []}
     from PIL import Image
 
     pixels = np.asarray(Image.open(tmp_path / "grid.png").convert("RGB")).astype(int)
@@ -193,7 +332,9 @@ def test_camera_table_counts_each_label_as_the_manifest_does_and_shows_kept_exam
     clips = manifest(out, "clips")
     labelled = clips.dropna(subset=["camera.label"])
     cam = report["camera"]
-    assert {r["label"]: r["clips"] for r in cam["labels"]} == labelled["camera.label"].value_counts().to_dict()
+    assert {r["label"]: r["clips"] for r in cam["labels"]} == labelled[
+        "camera.label"
+    ].value_counts().to_dict()
     kept = labelled[labelled.kept]
     assert {r["label"]: r["kept"] for r in cam["labels"]} == {
         label: int((kept["camera.label"] == label).sum()) for label in labelled["camera.label"].unique()
@@ -219,6 +360,8 @@ def test_the_page_renders_in_chromium_with_every_section_and_image(curated, tmp_
     assert page.sections == SECTIONS
     assert page.screenshot_size == (1366, 4000)
     html = (out / "report" / "index.html").read_text()
+    header = html.split("<nav>")[0]  # the link sits in the header, before the contents
+    assert '<a class="browse" href="clips.html">Browse every clip (kept and dropped)' in header
     assert f"{report['alignment']['sample']['aligned']} clips aligned" in html
     for clip in report["examples"]["random"]:
         assert f'href="../shards/{clip["shard"]}"' in html and clip["key"] in html
@@ -258,6 +401,8 @@ def test_a_run_with_nothing_kept_still_gets_a_full_page(ray_local, videos, tmp_p
     report = json.loads((out / "report" / "report.json").read_text())
     assert report["funnel"]["probe_errors"] == {"truncated": 1} and report["funnel"]["kept_clips"] == 0
     assert report["alignment"]["status"] == "skipped"
+    clips = report["funnel"]["plot"][1]
+    assert clips["values"] == [0, 0] and clips["ticks"] == [0, 1]  # empty stages still get a readable axis
     page = render_page(out / "report" / "index.html", tmp_path / "page.png", 1280, 2000)
     assert page.ok and page.sections == SECTIONS
 
@@ -288,6 +433,11 @@ def test_compare_lists_both_runs_and_the_most_different_captions(curated, other_
         f["job"] == "recaption" and f["samples"] == f["selected"] == f["captioned"] == f["kept_clips"] == kept
     )
     assert recaptioned["alignment"]["status"] == "skipped"  # no CLIP model named for a recaption here
+    shards = manifest(other, "shards")
+    assert [(p["unit"], p["values"]) for p in f["plot"][:2]] == [
+        ("shards", [len(shards), (shards.status == "ok").sum()]),
+        ("clips", [kept] * 4),
+    ]
     done = subprocess.run(
         [REELMILL, "report", str(out), "--compare", str(other)], capture_output=True, text=True, timeout=600
     )
@@ -335,3 +485,80 @@ def test_the_cards_tar_line_is_shell_quoted_for_any_key():
         f"{key}.json",
         f"{key}.txt",
     ]
+
+
+@pytest.fixture(scope="module")
+def score_only(ray_local, videos, tiny_aesthetic, tmp_path_factory):
+    """A score-only run of the same videos (nothing captioned), then `reelmill dedup` on it and its report
+    rebuilt: a separate OUT, so the shared one stays as its tests expect."""
+    from jobs.cli import main
+
+    out = tmp_path_factory.mktemp("report-score-only") / "out"
+    overrides = [
+        *model_overrides(tiny_aesthetic),
+        RULES,
+        "filters.mode=score-only",
+        "captioning.enabled=false",
+    ]
+    run_curate([str(videos)], str(out), config.load(CurateJobConfig, "curate", "default", overrides))
+    assert main(["dedup", str(out)]) == 0
+    assert main(["report", str(out)]) == 0
+    return out, json.loads((out / "report" / "report.json").read_text())
+
+
+def would_drop(clips: pd.DataFrame) -> pd.Series:
+    """The first of RULES each kept clip fails (None: passes), spelled as the filter spells reasons."""
+    checks = [
+        ("brightness<0.08", clips["scores.brightness"] < 0.08),
+        ("motion<0.0012", clips["scores.motion"] < 0.0012),
+        ("motion>0.1", clips["scores.motion"] > 0.1),
+        ("sharpness<20", clips["scores.sharpness"] < 20),
+    ]  # comparisons with a null are False: a missing score passes, as in the filter
+    reason = pd.Series([None] * len(clips), index=clips.index, dtype=object)
+    for name, failed in reversed(checks):
+        reason[failed.fillna(False).to_numpy(bool)] = name
+    reason[~clips.kept.to_numpy(bool)] = None
+    return reason
+
+
+def test_a_score_only_run_shows_what_its_rules_would_drop(score_only):
+    out, report = score_only
+    clips = clip_rows(out)
+    reason = would_drop(clips)
+    f = report["funnel"]
+    assert f["would_drop"] == reason.dropna().value_counts().to_dict() and len(reason.dropna()) >= 1
+    assert f["drops"] == clips[~clips.kept].drop_reason.value_counts().to_dict()  # durations still drop
+    passing = clips.kept & reason.isna()
+    drawn = dict(zip(f["plot"][1]["labels"], f["plot"][1]["values"], strict=True))
+    assert drawn["pass filters.rules (score-only)"] == passing.sum() < clips.kept.sum()
+    motion = report["scores"]["motion"]
+    edges = np.asarray(motion["histogram"]["edges"])
+    values = plotted_values(clips, "motion")
+    state = np.where(~clips.kept, "dropped", np.where(reason.isna(), "kept", "would_drop"))
+    state = pd.Series(state, index=clips.index).loc[values.index]
+    for series in ("kept", "would_drop", "dropped"):
+        expected = np.histogram(values[state == series], bins=edges)[0].tolist()
+        assert motion["histogram"]["series"][series] == expected == motion["plot"]["series"][series], series
+    low = next(t for t in motion["thresholds"] if t["side"] == "min")
+    assert low["would_drop_by_rule"] == (reason == "motion<0.0012").sum() and low["dropped_by_rule"] == 0
+
+
+def test_the_duplicates_section_counts_what_dedup_marked(score_only, tmp_path):
+    out, report = score_only
+    dedup, clips = manifest(out, "dedup"), clip_rows(out)
+    d = report["dedup"]
+    duplicates = dedup[dedup.duplicate_of.notna()]
+    assert d["checked_clips"] == len(dedup) == clips.kept.sum()
+    assert d["duplicates"] == len(duplicates) and d["kept_after_dedup"] == len(dedup) - len(duplicates)
+    seconds = clips[clips.clip_id.isin(duplicates.clip_id)].duration_s.sum()
+    assert d["hours_duplicates"] == pytest.approx(seconds / 3600)
+    assert d["hours_after_dedup"] == pytest.approx((clips[clips.kept].duration_s.sum() - seconds) / 3600)
+    lowest = duplicates.sort_values("similarity").similarity.head(10).tolist()
+    assert [p["similarity"] for p in d["borderline_pairs"]] == pytest.approx(lowest)
+    assert report["funnel"]["panels"][1]["stages"][-1] == ["kept after dedup", d["kept_after_dedup"]]
+    page = render_page(out / "report" / "index.html", tmp_path / "page.png", 1366, 3000)
+    assert page.ok, (page.broken_images, page.empty_sections)
+    assert page.sections == [*SECTIONS[:5], "dedup", *SECTIONS[5:]]
+    html = (out / "report" / "index.html").read_text()
+    assert "What filters.rules would drop (score-only run)" in html
+    assert f'<td class="n">{format_hours(d["hours_after_dedup"])}</td>' in html

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from captioning.report import plots
+from captioning.report.browser import write_browser
 from captioning.report.clip_frames import iter_clip_frames
 from captioning.report.collect import Collected, RunOutputs, collect, open_run
 from captioning.report.config import ReportConfig
@@ -162,6 +163,7 @@ def measure(run: RunOutputs, cfg: ReportConfig, log=print, keep_frames: bool = T
         "captions": found.captions,
         "alignment": alignment,
         "camera": found.camera,
+        "dedup": found.dedup,
         "examples": examples,
     }
     return report, frames
@@ -180,7 +182,7 @@ def draw(report: dict, frames: dict, directory: str, cfg: ReportConfig) -> None:
         return os.path.join(directory, figures[name])
 
     funnel = report["funnel"]
-    plots.bar_chart(path("funnel"), [(s, v) for s, v in funnel["stages"]], "From input to kept clips")
+    funnel["plot"] = plots.funnel_chart(path("funnel"), funnel["panels"])
     if funnel["drops"]:
         plots.bar_chart(path("drops"), list(funnel["drops"].items()), "Clips dropped, by reason", "clips")
     if funnel["job"] == "curate" and funnel["probe_errors"]:
@@ -191,14 +193,25 @@ def draw(report: dict, frames: dict, directory: str, cfg: ReportConfig) -> None:
             "videos",
         )
     if report["scores"]:
-        panels = [{"title": name, **entry} for name, entry in report["scores"].items()]
-        drawn = plots.histogram_grid(path("scores"), panels)
+        panels = [
+            {"title": name, "xlabel": plots.AXIS_LABELS.get(name, name), **entry}
+            for name, entry in report["scores"].items()
+        ]
+        drawn = plots.histogram_grid(path("scores"), panels)["panels"]
         for name, entry in report["scores"].items():
-            entry["plot_lines"] = drawn[name]
+            entry["plot_lines"] = drawn[name]["thresholds"]
+            entry["plot"] = drawn[name]
     captions = report["captions"]
     if captions["counts"]["captioned"]:
-        panels = [{"title": name.replace("_", " "), **d} for name, d in captions["distributions"].items()]
-        plots.histogram_grid(path("captions"), panels)
+        panels = [
+            {**d, "title": name.replace("_", " ") + ("" if d["exact_percentiles"] else f" (a sample of {sum(d['histogram']['counts']):,})"),
+             "xlabel": plots.AXIS_LABELS.get(name, name),
+             "ylabel": "segments" if name == "words_per_segment" else "captions"}
+            for name, d in captions["distributions"].items()
+        ]  # fmt: skip
+        drawn = plots.histogram_grid(path("captions"), panels)["panels"]
+        for name, panel in zip(captions["distributions"], panels, strict=True):
+            captions["distributions"][name]["plot"] = drawn[panel["title"]]
         failures = [(k, v) for k, v in captions["counts"]["failures"].items() if v]
         if failures:
             plots.bar_chart(path("caption_failures"), failures, "Caption failures, by reason", "clips")
@@ -211,7 +224,11 @@ def draw(report: dict, frames: dict, directory: str, cfg: ReportConfig) -> None:
         for part in ("segments", "summary"):
             d = alignment["distributions"][part]
             plots.baseline_histogram(
-                path(f"alignment_{part}"), d["own"], d["shuffled"], f"{part}: own clip vs shuffled"
+                path(f"alignment_{part}"),
+                d["own"],
+                d["shuffled"],
+                f"{part}: own clip vs shuffled",
+                "segments" if part == "segments" else "summaries",
             )
     for gallery in [*report["examples"].values(), *report["camera"]["examples"].values()]:
         for clip in gallery:
@@ -248,6 +265,7 @@ def build_report(root: str, cfg: ReportConfig, compare: str | None = None, log=p
             json.dump(report, f, indent=1, allow_nan=False)
         with open(os.path.join(tmp, "index.html"), "w") as f:
             f.write(render_page(report))
+        write_browser(run, cfg, tmp, log)
         _publish(tmp, run.layout)
     log(f"reelmill report: {storage.join(run.layout.report, 'index.html')}")
     return report

@@ -53,12 +53,17 @@ class ReportConfig:
     compare_clips: int = 10_000
     """When comparing runs: clips (a sample by key hash, the same keys in both runs) whose captions
     are compared text to text."""
+    browser_previews: int = 48
+    """Clips of the clip browser (clips.html) given a small playable mp4 and contact sheet, drawn (seeded)
+    from the kept clips and the dropped clips that have media; `reelmill report OUT --serve` plays every
+    clip without them. 0 writes none."""
     seed: int = 0
 
     def __post_init__(self):
         for key in ("max_clips", "examples", "sheet_frames", "duplicate_clips", "compare_clips"):
             check(getattr(self, key) >= 1, f"{PREFIX}.{key}", "must be >= 1")
         check(self.camera_examples >= 0, f"{PREFIX}.camera_examples", "must be >= 0")
+        check(self.browser_previews >= 0, f"{PREFIX}.browser_previews", "must be >= 0")
         check(self.frames_fps > 0, f"{PREFIX}.frames_fps", "must be > 0")
         check(self.max_frames >= 2, f"{PREFIX}.max_frames", "must be >= 2")
         check(self.max_pixels >= 28 * 28, f"{PREFIX}.max_pixels", "must be >= 784")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import html
 import shlex
 
+from captioning.report.plots import format_hours
+
 STYLE = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222; margin: 0; }
 main { max-width: 1180px; margin: 0 auto; padding: 16px 24px 64px; }
@@ -28,6 +30,8 @@ img.plot { max-width: 100%; height: auto; display: block; margin: 6px 0 14px; }
 .card img { max-width: 100%; height: auto; }
 .card ul { padding-left: 18px; margin: 4px 0; } code { font-size: 13px; background: #f3f3f3; padding: 0 3px; }
 .pair { display: grid; grid-template-columns: 1fr 1fr; gap: 16px; }
+a.browse { display: inline-block; margin: 6px 0 10px; padding: 8px 16px; border-radius: 6px; background: #4c72b0;
+           color: #fff; font-weight: 600; text-decoration: none; } a.browse:hover { background: #3b5b93; }
 @media (max-width: 800px) { .card, .pair { grid-template-columns: 1fr; } nav ol { columns: 1; } }
 """
 
@@ -51,6 +55,11 @@ def fmt(value, digits: int = 4) -> str:
 
 def pct(value) -> str:
     return "&ndash;" if value is None else f"{100 * value:.1f}%"
+
+
+def hours(value) -> str:
+    """An amount of video, rounded to what a reader takes in (`plots.format_hours`)."""
+    return "&ndash;" if value is None else esc(format_hours(value))
 
 
 def table(headers: list[str], rows: list[list], numeric_from: int = 1) -> str:
@@ -81,21 +90,46 @@ def _funnel(report: dict) -> str:
     rows = [[esc(stage), fmt(n)] for stage, n in f["stages"]]
     if f["job"] == "curate":
         rows += [
-            ["hours of video in (probed ok)", fmt(f["hours_in"])],
-            ["hours in candidate clips", fmt(f["hours_candidates"])],
-            ["hours in kept clips", fmt(f["hours_kept"])],
+            ["video in (probed ok)", hours(f["hours_in"])],
+            ["video in candidate clips", hours(f["hours_candidates"])],
+            ["video in kept clips", hours(f["hours_kept"])],
         ]
+        if f.get("transitions"):
+            kinds = ", ".join(f"{esc(kind)} {fmt(n)}" for kind, n in f["transitions"].items())
+            rows.append(["transitions between shots (not clips)", kinds])
     else:
         rows += [
             ["unreadable input shards", fmt(f["shard_errors"])],
-            ["hours in written clips", fmt(f["hours_kept"])],
+            ["video in written clips", hours(f["hours_kept"])],
         ]
-    out = f'<div class="row">{table(["stage", "count"], rows)}{image(report, "funnel", "funnel")}</div>'
-    drops = [[f"<code>{esc(r)}</code>", fmt(n), pct(n / max(1, f["candidate_clips" if f["job"] == "curate" else "selected"]))]
-             for r, n in f["drops"].items()]  # fmt: skip
+    dedup = report.get("dedup")
+    if dedup:
+        rows += [
+            ["kept after dedup", fmt(dedup["kept_after_dedup"])],
+            ["video kept after dedup", hours(dedup["hours_after_dedup"])],
+        ]
+    out = (
+        '<p class="note">One chart per unit, stages in pipeline order; each count bar also gives its share of '
+        "the chart's first stage.</p>"
+    )
+    out += f'<div class="row">{table(["stage", "amount"], rows)}{image(report, "funnel", "funnel")}</div>'
+    base = max(1, f["candidate_clips" if f["job"] == "curate" else "selected"])
+    drops = [[f"<code>{esc(r)}</code>", fmt(n), pct(n / base)] for r, n in f["drops"].items()]
     out += "<h3>Drops by reason</h3>"
     listed = table(["reason", "clips", "share"], drops) if drops else "<p>No clip was dropped.</p>"
     out += f'<div class="row">{listed}{image(report, "drops", "drops by reason") if drops else ""}</div>'
+    if f.get("would_drop") is not None:
+        out += "<h3>What filters.rules would drop (score-only run)</h3>"
+        would = [[f"<code>{esc(r)}</code>", fmt(n), pct(n / base)] for r, n in f["would_drop"].items()]
+        out += (
+            '<p class="note">This run kept every clip that reached the filters (<code>filters.mode=score-only</code>); '
+            "these clips fail a rule, by the first rule they fail.</p>"
+            + (
+                table(["rule", "clips", "share"], would)
+                if would
+                else "<p>Every kept clip passes every rule.</p>"
+            )
+        )
     if f["job"] == "curate":
         out += "<h3>Input videos rejected</h3>"
         errors = [[f"<code>{esc(code)}</code>", fmt(n)] for code, n in f["probe_errors"].items()]
@@ -108,10 +142,19 @@ def _scores(report: dict) -> str:
     scores = report["scores"]
     if not scores:
         return "<p>No clip has a score (no clip was written and scored).</p>"
+    score_only = any("would_drop" in e["histogram"].get("series", {}) for e in scores.values())
     out = (
-        '<p class="note">Histograms over every candidate clip that has the score; red dashed lines are the '
-        "configured thresholds (<code>filters.rules</code>; <code>clips.min_clip_s</code> for durations), with "
-        "the share of clips beyond each. A clip beyond two thresholds is dropped by the first rule only.</p>"
+        '<p class="note">Histograms over every candidate clip that has the score, kept and dropped clips stacked '
+        + (
+            "(and, in amber, the clips this score-only run kept that its rules would drop) "
+            if score_only
+            else ""
+        )
+        + "with exact counts; a score spread over more than two decades is drawn on a log axis. Red dashed lines "
+        "are the configured thresholds (<code>filters.rules</code>; <code>clips.min_clip_s</code> for durations); "
+        "the table gives the share of clips beyond each. A clip beyond two thresholds is dropped by the first "
+        "rule only. Every clip, with its scores, is in the "
+        '<a href="clips.html">clip browser</a>.</p>'
     )
     out += image(report, "scores", "score histograms with thresholds")
     rows = []
@@ -119,6 +162,7 @@ def _scores(report: dict) -> str:
         marks = "<br>".join(
             f"{t['side']} {fmt(t['value'])}: {pct(t['share_beyond'])} {'below' if t['side'] == 'min' else 'above'}"
             f" ({fmt(t['beyond'])} clips), dropped by this rule: {fmt(t['dropped_by_rule'])}"
+            + (f", would drop: {fmt(t['would_drop_by_rule'])}" if "would_drop_by_rule" in t else "")
             for t in e["thresholds"]
         )
         rows.append([f"<code>{esc(name)}</code>", fmt(e["count"]), fmt(e["mean"]), fmt(e["p5"]), fmt(e["p50"]),
@@ -305,18 +349,46 @@ def _camera(report: dict) -> str:
         f"{fmt(cam['labelled'])} clips labelled, {fmt(cam['unlabelled'])} without a label (not scored).</p>"
     )
     rows = [
-        [f"<code>{esc(r['label'])}</code>", fmt(r["clips"]), pct(r["share"]), fmt(r["kept"]), fmt(r["hours"], 3),
-         fmt(r["hours_kept"], 3), fmt(r["mean_pan_px"], 3), fmt(r["mean_tilt_px"], 3), fmt(r["mean_zoom"], 3),
+        [f"<code>{esc(r['label'])}</code>", fmt(r["clips"]), pct(r["share"]), fmt(r["kept"]), hours(r["hours"]),
+         hours(r["hours_kept"]), fmt(r["mean_pan_px"], 3), fmt(r["mean_tilt_px"], 3), fmt(r["mean_zoom"], 3),
          fmt(r["mean_rotation"], 3), fmt(r["mean_residual"], 3)]
         for r in cam["labels"]
     ]  # fmt: skip
     out += table(
-        ["label", "clips", "share", "kept", "hours", "hours kept", "pan px", "tilt px", "zoom", "rotation",
+        ["label", "clips", "share", "kept", "video", "video kept", "pan px", "tilt px", "zoom", "rotation",
          "residual"],
         rows,
     )  # fmt: skip
     for label, clips in cam["examples"].items():
         out += f"<h3>Examples: <code>{esc(label)}</code></h3>" + "".join(_clip_card(c) for c in clips)
+    return out
+
+
+def _dedup(report: dict) -> str:
+    d = report["dedup"]
+    out = (
+        '<p class="note">From <code>manifest/dedup</code>, written by <code>reelmill dedup</code>: near-duplicate '
+        "kept clips by CLIP embedding; <code>dedup/keep.txt</code> lists the clips to train on (every clip not "
+        "marked a duplicate).</p>"
+    )
+    rows = [
+        ["kept clips of the run", fmt(d["kept_clips"])],
+        ["clips dedup looked at", fmt(d["checked_clips"])],
+        ["marked duplicate", f"{fmt(d['duplicates'])} ({pct(d['duplicates'] / max(1, d['checked_clips']))})"],
+        ["kept after dedup", fmt(d["kept_after_dedup"])],
+        ["video in duplicates", hours(d["hours_duplicates"])],
+        ["video kept after dedup", hours(d["hours_after_dedup"])],
+    ]
+    rows += [[f"not checked: <code>{esc(status)}</code>", fmt(n)] for status, n in d["not_checked"].items()]
+    out += table(["", "amount"], rows)
+    if d["borderline_pairs"]:
+        out += '<h3>Least similar duplicates</h3><p class="note">The pairs nearest the threshold: where a wrong call would be.</p>'
+        out += table(
+            ["duplicate", "of kept clip", "cosine"],
+            [[f"<code>{esc(p['clip_id'])}</code>", f"<code>{esc(p['duplicate_of'])}</code>", fmt(p["similarity"], 4)]
+             for p in d["borderline_pairs"]],
+            numeric_from=2,
+        )  # fmt: skip
     return out
 
 
@@ -384,6 +456,7 @@ def render_page(report: dict) -> str:
         ("captions", "Caption statistics", _captions(report)),
         ("alignment", "Caption-video alignment", _alignment(report)),
         ("camera", "Camera motion", _camera(report)),
+        *((("dedup", "Duplicates (reelmill dedup)", _dedup(report)),) if report.get("dedup") else ()),
         *((f"examples-{name}", GALLERY_TEXT[name][0], _gallery(report, name)) for name in report["examples"]),
     ]
     if report.get("compare"):
@@ -413,6 +486,7 @@ def render_page(report: dict) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>reelmill report: {esc(run['output'])}</title><style>{STYLE}</style></head><body><main>"
         f"<h1>reelmill report</h1><p><code>{esc(run['output'])}</code></p><p>{facts}</p>{banner}"
+        '<a class="browse" href="clips.html">Browse every clip (kept and dropped) &rarr;</a>\n'
         f"<nav><b>Contents</b><ol>{toc}</ol></nav>\n{body}\n"
         "</main></body></html>\n"
     )
