@@ -160,13 +160,17 @@ class OutputLayout:
         return [uri for uri in found if uri != self.lock and not uri.startswith(self.lock + ".tmp-")]
 
     def owned_dirs(self) -> list[str]:
-        """The directories `OWNED` names, and every directory below `_state/`, deepest first: those an
+        """The directories `OWNED` names, and every directory below a `DIR/**` pattern (`_state/`, the
+        clip browser's `report/browser/`), deepest first: those an
         `--overwrite` removes once it has left them empty."""
         named = set()
         for pattern in self.OWNED:
             parts = pattern.split("/")[:-1]
             named |= {"/".join(parts[:i]) for i in range(1, len(parts) + 1)}
-        named |= {f"_state/{rel}" for rel in self._dirs_below(self.path("_state"))}
+        for pattern in self.OWNED:  # a `DIR/**` pattern owns every directory below DIR
+            if pattern.endswith("/**"):
+                base = pattern[: -len("/**")]
+                named |= {f"{base}/{rel}" for rel in self._dirs_below(self.path(*base.split("/"))) if rel}
         deepest_first = sorted(named, key=lambda rel: (-rel.count("/"), rel))
         return [self.path(*rel.split("/")) for rel in deepest_first]
 

@@ -337,10 +337,7 @@ def test_recaption_refreshes_the_alignment(curated, tiny_vlm, tmp_path):
     layout = OutputLayout(str(tmp_path / "re"))
     rows = layout.read_manifest(layout.clips_manifest).to_pylist()
     for row in rows:
-        assert (
-            row["caption_metrics"]["alignment"]
-            == after[row["key"]]["caption_metrics"]["alignment"]
-        )
+        assert row["caption_metrics"]["alignment"] == after[row["key"]]["caption_metrics"]["alignment"]
 
 
 def test_the_actor_passes_other_columns_through(tiny_aesthetic, frames):
