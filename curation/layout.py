@@ -13,6 +13,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from curation import storage
+from curation.record import STRUCTS
 
 
 @dataclass(frozen=True)
@@ -257,8 +258,6 @@ def _physical_columns(columns: list[str], names: set[str]) -> list[str]:
 def flat_row(row: dict) -> dict:
     """A manifest row of any layout as layout 1 named it (see `OutputLayout.iter_manifest`); a null
     struct gives nulls for all its fields, as layout 1's columns did."""
-    from curation.record import STRUCTS
-
     for name in FLATTENED:
         if name in row:
             value = row.pop(name) or dict.fromkeys(f.name for f in STRUCTS[name])

@@ -13,10 +13,10 @@ reading their tar headers once.
 from __future__ import annotations
 
 import json
-import tarfile
 
 from curation import storage
 from curation.layout import OutputLayout
+from curation.shards import READ_ERRORS, iter_member_keys
 
 KIND = "wids-shard-index-v1"
 
@@ -60,19 +60,15 @@ def write_shard_index(layout: OutputLayout, summaries: list[dict], log=print) ->
 def _scan(layout: OutputLayout, path: str, log) -> dict | None:
     """A shard's numbers from its tar headers (None when it is gone or unreadable)."""
     uri = layout.path(*path.split("/"))
+    keys: list[str] = []
+    members = 0
     try:
         size = storage.size(uri)
-        keys: list[str] = []
-        members = 0
-        with storage.open_input_stream(uri) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
-            for info in tar:
-                if not info.isfile():
-                    continue
-                members += 1
-                key = info.name.split("/")[-1].split(".", 1)[0]
-                if not keys or keys[-1] != key:
-                    keys.append(key)
-    except (OSError, tarfile.TarError) as exc:
+        for key in iter_member_keys(uri):
+            members += 1
+            if key is not None and (not keys or keys[-1] != key):
+                keys.append(key)
+    except READ_ERRORS as exc:
         log(f"reelmill: shards/index.json: {path} left out ({type(exc).__name__}: {exc})")
         return None
     return {

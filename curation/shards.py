@@ -249,18 +249,26 @@ def video_member(sample: dict) -> str | None:
     return member(sample, *VIDEO_MEMBERS)
 
 
-def iter_keys(uri: str, allow_compressed: bool = False) -> Iterator[str]:
-    """The sample keys of a shard in order, from the tar headers (no member is held in memory); raises
-    as `iter_samples` does, after the keys before the damage."""
-    last = None
+def iter_member_keys(uri: str, allow_compressed: bool = False) -> Iterator[str | None]:
+    """For each regular member of a shard, in order, the key of the sample it belongs to (None for a
+    member webdataset skips), from the tar headers (no member is held in memory); raises as
+    `iter_samples` does, after the members before the damage."""
     with open_shard(uri) as stream:
         for name in iter_member_names(stream, uri, allow_compressed):
             parts = split_name(name)
             if parts is None or parts[0].rsplit("/", 1)[-1].startswith("__") or parts[1].startswith("__"):
-                continue  # as iter_tar_samples skips them
-            if parts[0] != last:
-                last = parts[0]
-                yield last
+                yield None  # as iter_tar_samples skips them
+            else:
+                yield parts[0]
+
+
+def iter_keys(uri: str, allow_compressed: bool = False) -> Iterator[str]:
+    """The sample keys of a shard in order (see `iter_member_keys`)."""
+    last = None
+    for key in iter_member_keys(uri, allow_compressed):
+        if key is not None and key != last:
+            last = key
+            yield last
 
 
 def list_keys(uri: str, allow_compressed: bool = False) -> list[str]:

@@ -35,7 +35,7 @@ from urllib.parse import unquote, urlsplit
 
 import pyarrow.fs as pafs
 
-from captioning.report.clip_frames import frames_config
+from captioning.report.clip_frames import clip_frames
 from captioning.report.collect import open_run
 from captioning.report.config import ReportConfig
 from captioning.report.member_index import LOCATIONS, MemberIndexes, ShardNotFound
@@ -279,13 +279,11 @@ class ClipServer:
 
     def _draw_sheet(self, key: str, video: bytes) -> bytes:
         from captioning.report.plots import contact_sheet
-        from captioning.video_frames import prepare_clip
 
         try:
-            prepared = prepare_clip(key, video, frames_config(self.cfg))
+            window = clip_frames(key, video, self.cfg)
         except InputRejected as exc:
             raise _Refused(HTTPStatus.UNPROCESSABLE_ENTITY, f"{key}: {exc}") from None
-        (window,) = prepared.windows
         with tempfile.TemporaryDirectory(prefix="reelmill-sheet-") as tmp:
             path = os.path.join(tmp, "sheet.jpg")
             contact_sheet(path, window.frames, window.timestamps, self.cfg.sheet_frames)

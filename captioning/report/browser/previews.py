@@ -12,17 +12,16 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import tarfile
 import tempfile
 from collections import defaultdict
 
 from captioning.report import plots
-from captioning.report.clip_frames import frames_config
+from captioning.report.clip_frames import clip_frames, iter_wanted_samples
 from captioning.report.config import ReportConfig
 from captioning.streaming import Reservoir
 from curation import ffmpeg_tools, storage
 from curation.errors import InputRejected
-from curation.shards import iter_samples, video_member
+from curation.shards import video_member
 
 PREVIEW_DIR = "browser/previews"
 PREVIEW_LONG_SIDE = 256
@@ -74,8 +73,6 @@ def _preview(key: str, data: bytes, member: str, directory: str, name: str, cfg:
     """Write NAME.mp4 and NAME.jpg under the previews folder; returns their paths relative to the page."""
     from PIL import Image
 
-    from captioning.video_frames import prepare_clip
-
     video = f"{PREVIEW_DIR}/{name}.mp4"
     sheet = f"{PREVIEW_DIR}/{name}.jpg"
     thumb = f"{PREVIEW_DIR}/{name}-thumb.jpg"
@@ -90,8 +87,7 @@ def _preview(key: str, data: bytes, member: str, directory: str, name: str, cfg:
             with open(source, "wb") as f:
                 f.write(data)
             _transcode(source, os.path.join(directory, video))
-    prepared = prepare_clip(key, data, frames_config(cfg))
-    (window,) = prepared.windows
+    window = clip_frames(key, data, cfg)
     times = plots.contact_sheet(
         os.path.join(directory, sheet), window.frames, window.timestamps, cfg.sheet_frames
     )
@@ -116,39 +112,19 @@ def write_previews(
     if drawn:
         log(f"reelmill report: clip browser previews for {len(drawn)} clips from {len(wanted)} shards")
     for (location, shard), keys in sorted(wanted.items()):
-        left = dict(keys)
-        try:
-            for sample in iter_samples(storage.join(root, location, shard)):
-                row = left.pop(sample["__key__"], None)
-                if row is None:
-                    continue
-                member = video_member(sample)
-                if member is None:
-                    failed[row] = "no video member in the shard"
-                    continue
-                try:
-                    done[row] = _preview(
-                        sample["__key__"],
-                        sample[member],
-                        member,
-                        directory,
-                        _name(location, shard, sample["__key__"]),
-                        cfg,
-                    )
-                except InputRejected as exc:
-                    failed[row] = exc.reason
-                except ffmpeg_tools.FFmpegError as exc:
-                    failed[row] = f"preview not written: {exc.detail}"
-                except (
-                    Exception
-                ) as exc:  # a bug of ours on one clip costs that clip its preview, not the report
-                    failed[row] = f"internal_error: {exc!r}"
-                if not left:
-                    break
-        except (tarfile.TarError, OSError, ValueError, EOFError) as exc:
-            problem = f"shard {location}/{shard} unreadable: {exc}"
-        else:
-            problem = f"not in shard {location}/{shard}"
-        for row in left.values():
-            failed[row] = problem
+        found = iter_wanted_samples(storage.join(root, location, shard), keys, f"{location}/{shard}")
+        for key, sample, problem in found:
+            row = keys[key]
+            member = None if sample is None else video_member(sample)
+            if sample is None or member is None:
+                failed[row] = problem or "no video member in the shard"
+                continue
+            try:
+                done[row] = _preview(key, sample[member], member, directory, _name(location, shard, key), cfg)
+            except InputRejected as exc:
+                failed[row] = exc.reason
+            except ffmpeg_tools.FFmpegError as exc:
+                failed[row] = f"preview not written: {exc.detail}"
+            except Exception as exc:  # noqa: BLE001 (a bug of ours on one clip costs it its preview, not the report)
+                failed[row] = f"internal_error: {exc!r}"
     return done, failed
