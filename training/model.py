@@ -41,6 +41,24 @@ class DiTConfig:
     checkpointing: bool = False
     """Recompute each block's activations in the backward pass (less memory, about a third more compute)."""
     rope_theta: float = 10_000.0
+    caption_projection: bool = True
+    """Project the text tokens once to `width` (Linear, GELU, Linear) before the blocks, so every
+    cross-attention's K/V and the pooled text read width-wide tokens. False: each block projects the
+    `text_dim`-wide tokens itself (the architecture of checkpoints written before this option)."""
+    conditioning: bool = True
+    """The patch embedding takes 2 * in_channels + 1 channels: noisy latents, conditioning latents and
+    the mask of given cells, so frames or regions can be given. False: text-to-video only (as checkpoints
+    written before this option)."""
+
+    @property
+    def embed_channels(self) -> int:
+        """Channels the patch embedding reads."""
+        return 2 * self.in_channels + 1 if self.conditioning else self.in_channels
+
+    @property
+    def context_dim(self) -> int:
+        """Width of the text tokens the blocks read."""
+        return self.width if self.caption_projection else self.text_dim
 
     def __post_init__(self):
         self.patch = tuple(self.patch)
@@ -169,7 +187,7 @@ class DiTBlock(nn.Module):
             self.norm_t = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6)
             self.temporal_attn = SelfAttention(w, cfg.heads)
         self.norm2 = nn.LayerNorm(w, elementwise_affine=True, eps=1e-6)
-        self.cross = CrossAttention(w, cfg.text_dim, cfg.heads)
+        self.cross = CrossAttention(w, cfg.context_dim, cfg.heads)
         self.norm3 = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6)
         hidden = int(w * cfg.mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(w, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, w))
@@ -210,15 +228,20 @@ class FinalLayer(nn.Module):
 
 class VideoDiT(nn.Module):
     """Predicts the rectified-flow velocity of latents `x` [B, C, T, H, W] at times `t` [B] given text
-    token embeddings `text` [B, L, text_dim] and their mask `text_mask` [B, L] (True = real token)."""
+    token embeddings `text` [B, L, text_dim] and their mask `text_mask` [B, L] (True = real token), and
+    optionally given latents `cond` [B, C, T, H, W] where `cond_mask` [B, 1, T, H, W] is 1."""
 
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         self.cfg = cfg
         w = cfg.width
-        self.patch_embed = nn.Conv3d(cfg.in_channels, w, kernel_size=cfg.patch, stride=cfg.patch)
+        self.patch_embed = nn.Conv3d(cfg.embed_channels, w, kernel_size=cfg.patch, stride=cfg.patch)
         self.time_mlp = nn.Sequential(nn.Linear(256, w), nn.SiLU(), nn.Linear(w, w))
-        self.text_pool = nn.Sequential(nn.Linear(cfg.text_dim, w), nn.SiLU(), nn.Linear(w, w))
+        if cfg.caption_projection:
+            self.caption_proj = nn.Sequential(
+                nn.Linear(cfg.text_dim, w), nn.GELU(approximate="tanh"), nn.Linear(w, w)
+            )
+        self.text_pool = nn.Sequential(nn.Linear(cfg.context_dim, w), nn.SiLU(), nn.Linear(w, w))
         self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.depth))
         self.final = FinalLayer(cfg)
         self.initialize()
@@ -248,13 +271,39 @@ class VideoDiT(nn.Module):
             raise ValueError(f"latent size {(t, h, w)} is not a multiple of the patch {self.cfg.patch}")
         return t // pt, h // ph, w // pw
 
-    def forward(self, x, t, text, text_mask):
+    def embed_input(self, x, cond, cond_mask) -> torch.Tensor:
+        """The patch embedding's input: `x`, or [x, cond * cond_mask, cond_mask] with frame conditioning
+        (nothing given when `cond_mask` is None)."""
+        if not self.cfg.conditioning:
+            if cond_mask is not None and bool((cond_mask != 0).any()):
+                raise ValueError(
+                    "this model was built without frame conditioning (DiTConfig.conditioning=False): "
+                    "it generates from text only and cannot take given frames (cond_mask)"
+                )
+            return x
+        b, _, t, h, w = x.shape
+        if cond_mask is None:
+            return torch.cat([x, x.new_zeros(b, self.cfg.in_channels + 1, t, h, w)], dim=1)
+        if cond is None:
+            raise ValueError("cond_mask is given without cond: pass the conditioning latents too")
+        cond_mask = cond_mask.to(x.dtype)
+        if cond_mask.dim() != 5 or cond_mask.shape[1] != 1:
+            raise ValueError(f"cond_mask must be [B, 1, T, H, W], got {tuple(cond_mask.shape)}")
+        cond_mask = cond_mask.expand(b, 1, t, h, w)
+        if cond.shape != x.shape:
+            raise ValueError(f"cond must have the latents' shape {tuple(x.shape)}, got {tuple(cond.shape)}")
+        return torch.cat([x, cond.to(x.dtype) * cond_mask, cond_mask], dim=1)
+
+    def forward(self, x, t, text, text_mask, cond=None, cond_mask=None):
         grid = self.grid(x.shape)
         head_dim = self.cfg.width // self.cfg.heads
         rope = lambda g: rope_3d(g, head_dim, self.cfg.rope_theta, x.device)  # noqa: E731
         rope_full = rope(grid)
         rope_space, rope_time = rope((1, *grid[1:])), rope((grid[0], 1, 1))
-        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # [B, N, width], N = T'H'W'
+        tokens = self.patch_embed(self.embed_input(x, cond, cond_mask))
+        tokens = tokens.flatten(2).transpose(1, 2)  # [B, N, width], N = T'H'W'
+        if self.cfg.caption_projection:
+            text = self.caption_proj(text.to(tokens.dtype))  # [B, L, width], once for every block
         mask = text_mask.bool().clone()
         mask[:, 0] |= ~mask.any(dim=1)  # an empty text (the unconditional branch) attends to its first token
         pooled = (text * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
@@ -278,10 +327,12 @@ class VideoDiT(nn.Module):
 
 
 def flops_per_sample(cfg: DiTConfig, grid: tuple[int, int, int], text_len: int) -> float:
-    """Forward FLOPs of one sample (2 per multiply-add): linear layers and attention, analytically."""
+    """Forward FLOPs of one sample (2 per multiply-add): linear layers and attention, analytically. With
+    the caption projection the text tokens are projected once per sample and each block's K/V read
+    width-wide tokens; without it each block projects `text_dim`-wide tokens."""
     n, w, depth = math.prod(grid), cfg.width, cfg.depth
     hidden = int(w * cfg.mlp_ratio)
-    linear = n * (3 * w * w + w * w + w * w + w * w + 2 * w * hidden) + text_len * cfg.text_dim * 2 * w
+    linear = n * (3 * w * w + w * w + w * w + w * w + 2 * w * hidden) + text_len * cfg.context_dim * 2 * w
     if cfg.factorized:
         t, hw = grid[0], grid[1] * grid[2]
         attention = 2 * (t * hw * hw + hw * t * t) * w
@@ -289,5 +340,6 @@ def flops_per_sample(cfg: DiTConfig, grid: tuple[int, int, int], text_len: int) 
     else:
         attention = 2 * n * n * w  # QK^T and AV
     cross = 2 * n * text_len * w
-    patch = n * cfg.in_channels * math.prod(cfg.patch) * w * 2
-    return 2.0 * (depth * (linear + attention + cross) + patch)
+    patch = n * cfg.embed_channels * math.prod(cfg.patch) * w * 2
+    projection = text_len * (cfg.text_dim * w + w * w) if cfg.caption_projection else 0
+    return 2.0 * (depth * (linear + attention + cross) + patch + projection)
