@@ -160,8 +160,14 @@ def _add_train(sub) -> None:
 
 
 def _add_sample(sub) -> None:
-    p = sub.add_parser("sample", help="prompts to mp4s with a trained VideoDiT checkpoint")
-    p.add_argument("--ckpt", required=True, help="a checkpoint written by reelmill train")
+    p = sub.add_parser(
+        "sample",
+        help="prompts to mp4s with a trained VideoDiT: text-to-video, or from an image, a clip to extend, "
+        "keyframes, a clip to inpaint, or a long video by keyframes",
+    )
+    p.add_argument(
+        "--ckpt", required=True, help="a checkpoint written by reelmill train, or a reelmill export DIR"
+    )
     p.add_argument("--prompt", required=True, action="append", help="repeat for several videos")
     p.add_argument("--output", "-o", required=True, help="the mp4 to write (name-N.mp4 for several prompts)")
     p.add_argument("--frames", type=int, dest="num_frames", help="default: the clip length it trained on")
@@ -174,6 +180,71 @@ def _add_sample(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1 ...")
     p.add_argument("--no-ema", action="store_true", help="sample the live weights instead of the EMA")
+    p.add_argument("--vae-model", help="load the VAE from here instead of the checkpoint's model.vae.model")
+    p.add_argument("--text-encoder-model", help="likewise for model.text_encoder.model")
+    modes = p.add_argument_group(
+        "conditioning (one at most; inputs are resized to cover the clip size and centre-cropped)"
+    )
+    mode = modes.add_mutually_exclusive_group()
+    mode.add_argument("--image", metavar="IMG", help="image-to-video: IMG is the first frame")
+    mode.add_argument(
+        "--extend", metavar="CLIP", help="continue CLIP by --seconds; writes CLIP followed by the new frames"
+    )
+    mode.add_argument(
+        "--keyframes",
+        metavar="IMG",
+        nargs="+",
+        help="two or more images spread evenly over the clip, first and last included",
+    )
+    mode.add_argument(
+        "--inpaint", metavar="CLIP", help="repaint CLIP's first clip length where --mask is white"
+    )
+    mode.add_argument(
+        "--long",
+        type=int,
+        metavar="N",
+        help="a video of N clip lengths: keyframes from a first clip, then each of the N gaps interpolated",
+    )
+    modes.add_argument("--seconds", type=float, help="with --extend: how many seconds to add")
+    modes.add_argument(
+        "--mask",
+        metavar="MASK",
+        help="with --inpaint: an image (every frame) or a video (per frame); white = repaint",
+    )
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export", help="a checkpoint to a model directory: safetensors + config.json (save_pretrained)"
+    )
+    p.add_argument("ckpt", metavar="CKPT", help="a checkpoint written by reelmill train")
+    p.add_argument("directory", metavar="DIR", help="the directory to write (new or empty)")
+    p.add_argument("--no-ema", action="store_true", help="export the live weights instead of the EMA")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in DIR")
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser(
+        "eval", help="sample held-out prompts and measure FVD, CLIPSIM, subject consistency, flicker"
+    )
+    p.add_argument(
+        "--ckpt", required=True, help="a checkpoint written by reelmill train, or a reelmill export"
+    )
+    prompts = p.add_mutually_exclusive_group(required=True)
+    prompts.add_argument("--prompts", metavar="FILE", help="a text file of prompts, one a line")
+    prompts.add_argument("--val-shards", metavar="SHARDS", help="held-out shards: their first captions")
+    p.add_argument("--real", required=True, metavar="SHARDS", help="curated shards (or OUT) of real clips")
+    p.add_argument("--output", "-o", required=True, metavar="DIR", help="eval.json, samples/, index.html")
+    p.add_argument("--num-samples", type=int, default=16, help="prompts sampled (default 16)")
+    p.add_argument("--num-real", type=int, default=64, help="real clips decoded (default 64)")
+    p.add_argument("--batch-size", type=int, default=4, help="prompts per sampling batch")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (1: none)")
+    p.add_argument("--seed", type=int, default=0, help="sampling batch k is seeded with SEED + k")
+    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--no-ema", action="store_true", help="sample the live weights instead of the EMA")
+    p.add_argument("--config", default="default", help="preset name in configs/eval/ or a YAML path")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--vae-model", help="load the VAE from here instead of the checkpoint's model.vae.model")
     p.add_argument("--text-encoder-model", help="likewise for model.text_encoder.model")
 
@@ -203,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dedup(sub)
     _add_train(sub)
     _add_sample(sub)
+    _add_export(sub)
+    _add_eval(sub)
     _add_demo(sub)
     return parser
 
@@ -318,6 +391,23 @@ def main(argv: list[str] | None = None) -> int:
             run_sample(
                 args.ckpt, args.prompt, args.output, num_frames=args.num_frames, height=args.height,
                 width=args.width, fps=args.fps, steps=args.steps, guidance=args.guidance, method=args.method,
+                seed=args.seed, device=args.device, use_ema=not args.no_ema, vae_model=args.vae_model,
+                text_encoder_model=args.text_encoder_model, image=args.image, extend=args.extend,
+                seconds=args.seconds, keyframes=args.keyframes, inpaint=args.inpaint, mask=args.mask,
+                long=args.long,
+            )  # fmt: skip
+        elif args.command == "export":
+            from jobs.export import run_export
+
+            run_export(args.ckpt, args.directory, use_ema=not args.no_ema, overwrite=args.overwrite)
+        elif args.command == "eval":
+            from jobs.eval import run_eval
+            from training.evaluation.config import EvalConfig
+
+            run_eval(
+                args.ckpt, args.output, args.real, config_lib.load(EvalConfig, "eval", args.config, args.overrides),
+                prompts_file=args.prompts, val_shards=args.val_shards, num_samples=args.num_samples,
+                num_real=args.num_real, batch_size=args.batch_size, steps=args.steps, guidance=args.guidance,
                 seed=args.seed, device=args.device, use_ema=not args.no_ema, vae_model=args.vae_model,
                 text_encoder_model=args.text_encoder_model,
             )  # fmt: skip

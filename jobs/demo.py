@@ -1,6 +1,7 @@
 """`reelmill demo` / `make demo`: the whole pipeline on sample videos it makes, on the embedded Ray:
 curate (with captions and the report), encode the kept clips to latents, train the tiny DiT on them
-for a few steps on the CPU, and sample a prompt to an mp4."""
+for a few steps on the CPU, sample a prompt to an mp4, and evaluate the model against the curated clips
+(`reelmill eval`: FVD, CLIPSIM, subject consistency, flicker)."""
 
 from __future__ import annotations
 
@@ -157,6 +158,56 @@ def train_and_sample(latents: str, output: str, cfg: EncodeConfig, models: str |
     return video
 
 
+DEMO_EVAL = {"num_samples": 2, "batch_size": 2, "num_real": 8, "steps": 10, "guidance": 3.0}
+"""A small `reelmill eval`: two held-out prompts (FVD needs two of a set), one batch, the sampling of the demo."""
+
+
+def use_stand_in_eval_models_if_missing(directory: str) -> tuple[list[str], str | None]:
+    """`--set` overrides for tiny random-weight metric models when a default one (CLIP, DINOv2) is missing,
+    and "random-weights" (said so); ([], None) when the default ones load. The default config names no FVD
+    network (the I3D file is not on any hub); with stand-ins a tiny TorchScript video network is one."""
+    from training.evaluation.config import EvalConfig
+    from training.evaluation.suite import EvalSuite
+
+    cfg = EvalConfig(device="cpu")
+    try:
+        EvalSuite(cfg)
+        return [], None
+    except config_lib.ConfigError as exc:
+        key = getattr(exc, "key", None) or str(exc).split(":")[0]
+    why = (
+        f"{key}; the defaults are CLIP {cfg.clipsim.model}/{cfg.clipsim.pretrained} and DINOv2 "
+        f"{cfg.consistency.model}"
+    )
+    from training.evaluation.tiny_models import build_tiny_eval_models
+
+    path = os.path.join(directory, "tiny-eval")
+    print(
+        f"reelmill demo: a metric model of reelmill eval is missing ({why}); evaluating with a tiny random-weight "
+        f"open_clip CLIP, DINOv2 and TorchScript video network of the same kinds, saved in {path}.\n"
+        "reelmill demo: their metric values mean nothing; eval.json and its page are marked models: random-weights"
+    )
+    with _no_transformers_bars():
+        overrides = build_tiny_eval_models(path)
+    return overrides, "random-weights"
+
+
+def evaluate(output: str, curated: str, latents: str) -> dict:
+    """`reelmill eval` on the demo's model: held-out captions of the latent shards as prompts, the curated
+    clips as the real reference; prints the metrics table."""
+    from jobs.eval import run_eval
+    from training.evaluation.config import EvalConfig
+
+    overrides, _ = use_stand_in_eval_models_if_missing(os.path.join(output, "models"))
+    cfg = config_lib.load(EvalConfig, "eval", "default", [*overrides, "device=cpu"])
+    ckpt = os.path.join(output, "train", "checkpoints", "last.ckpt")
+    print(f"\nreelmill demo: evaluating {ckpt} against the curated clips (reelmill eval)")
+    return run_eval(
+        ckpt, os.path.join(output, "eval"), os.path.join(curated, "shards"), cfg,
+        val_shards=os.path.join(latents, "shards"), device="cpu", **DEMO_EVAL,
+    )  # fmt: skip
+
+
 def run_demo(output: str, num_cpus: int | None = None) -> dict:
     samples = os.path.join(output, "samples")
     if not os.path.isdir(samples) or not os.listdir(samples):
@@ -219,6 +270,8 @@ def run_demo(output: str, num_cpus: int | None = None) -> dict:
     print(f"\nreelmill demo: encoding the kept clips to latents in {latents}")
     encoded = run_encode([curated], latents, encode_cfg, overwrite=True, num_cpus=num_cpus, models=models)
     video = train_and_sample(latents, output, encode_cfg, models)
+    evaluated = evaluate(output, curated, latents)
+    models = "random-weights" if evaluated["models"] == "random-weights" or models else None
     print("\nreelmill demo: the chain is complete" + (f"  [models: {models}]" if models else ""))
     print(f"  curated    {curated}  ({len(shards)} shards, report in {layout.path('report', 'index.html')})")
     print(
@@ -226,4 +279,7 @@ def run_demo(output: str, num_cpus: int | None = None) -> dict:
     )
     print(f"  training   {os.path.join(output, 'train')}  (checkpoints/, tensorboard/, csv/, samples/)")
     print(f"  sample     {video}")
+    print(
+        f"  eval       {os.path.join(output, 'eval', 'index.html')}  (eval.json: FVD, CLIPSIM, consistency, flicker)"
+    )
     return run

@@ -9,6 +9,7 @@ import numpy as np
 import open_clip
 import pytest
 import torch
+from clip_fitting import fit_clip_to_captions
 from PIL import Image
 
 from captioning.alignment_stage import (
@@ -163,20 +164,8 @@ def _fine_tune(models: dict, frames: AlignmentFrames, path, steps: int = 12) -> 
     model, preprocess, _ = open_clip.create_model_and_transforms(
         TINY_CLIP_NAME, pretrained=models["clip_pretrained"]
     )
-    tokenizer = open_clip.get_tokenizer(TINY_CLIP_NAME)
-    pixels = torch.stack([preprocess(Image.fromarray(f)) for c in frames.clips for f in c.frames])
-    labels = torch.arange(len(frames.clips)).repeat_interleave(len(frames.clips[0].frames))
-    texts = tokenizer(list(CAPTIONS))
-    model.token_embedding.requires_grad_(False)  # 49408 x 32 rows, of which the captions use a dozen
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=5e-3)
-    model.train()
-    for _ in range(steps):
-        image = torch.nn.functional.normalize(model.encode_image(pixels), dim=-1)
-        text = torch.nn.functional.normalize(model.encode_text(texts), dim=-1)
-        loss = torch.nn.functional.cross_entropy(10 * image @ text.T, labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    groups = [c.frames for c in frames.clips]
+    fit_clip_to_captions(model, preprocess, open_clip.get_tokenizer(TINY_CLIP_NAME), groups, CAPTIONS, steps)
     torch.save(model.state_dict(), path)
     return str(path)
 

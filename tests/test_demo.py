@@ -89,6 +89,16 @@ def test_make_demo(tmp_path):
     assert ckpt["global_step"] == 30 and "ema.final.linear.weight" in ckpt["state_dict"]
     info = probe_video(out / "sample.mp4")
     assert (info["codec_name"], info["nb_read_frames"]) == ("h264", "9")
+    # and evaluates it (reelmill eval) against the curated clips, with stand-in metric models, said so
+    evaluated = json.loads((out / "eval" / "eval.json").read_text())
+    assert evaluated["models"] == "random-weights" and evaluated["counts"]["samples"] == 2
+    assert evaluated["counts"]["real"] > 0 and evaluated["skipped_metrics"] == {}
+    for name in ("fvd", "clipsim", "subject_consistency", "frame_diff", "flicker", "motion"):
+        assert evaluated["metrics"]["samples"][name] is not None, name
+    assert "a metric model of reelmill eval is missing" in log
+    assert (
+        "reelmill eval: metrics  [models: random-weights]" in log and (out / "eval" / "index.html").is_file()
+    )
 
     # the log: a progress line per task of each job, the last one with every task done
     for job, result in (("curate", run), ("encode", encoded)):

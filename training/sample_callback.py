@@ -36,6 +36,17 @@ def held_out_captions(shards: str | list[str], count: int) -> list[str]:
     return captions
 
 
+def prompts_or_held_out(prompts: list[str] | None, trainer: L.Trainer, count: int) -> list[str]:
+    """`prompts` when given, else the first `count` captions of the data module's `val_shards` (none
+    without them): the held-out prompts the sampling and eval callbacks watch over training."""
+    if prompts:
+        return list(prompts)
+    datamodule = getattr(trainer, "datamodule", None)
+    if datamodule is None or not getattr(datamodule, "val_shards", None):
+        return []
+    return held_out_captions(datamodule.val_shards, count)
+
+
 class SampleVideos(L.Callback):
     def __init__(
         self,
@@ -54,12 +65,7 @@ class SampleVideos(L.Callback):
         self.written: list[str] = []
 
     def held_out_prompts(self, trainer: L.Trainer) -> list[str]:
-        if self.prompts:
-            return list(self.prompts)
-        datamodule = getattr(trainer, "datamodule", None)
-        if datamodule is None or not getattr(datamodule, "val_shards", None):
-            return []
-        self.prompts = held_out_captions(datamodule.val_shards, self.num_prompts)
+        self.prompts = prompts_or_held_out(self.prompts, trainer, self.num_prompts)
         return self.prompts
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
