@@ -6,11 +6,15 @@ processor to a directory, which then loads through `AutoModelForImageTextToText.
 like any user's model. Untrained, it writes noise (every caption fails to parse). `fit_answer`
 fine-tunes it for a few hundred steps on CPU, through the backend's own processor path, until it
 writes one fixed answer for any video: a real model doing real generation, whose output the real
-parser reads. Nothing it writes describes a video; runs that use it are marked `models: random-weights`.
+parser reads. Nothing it writes describes a video: its directory carries
+`curation.model_labels.RANDOM_WEIGHTS_FILE`, so runs that use it are marked `models: random-weights`.
+`fit_answers` teaches answers that depend on the frames instead (one caption for red video, another for
+teal), which is how tests show that what a clip shows reaches the model.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +24,7 @@ from captioning.prompt_hints import CAMERA_PHRASES, ClipHints
 from captioning.prompts import PROMPT_DIR, available_prompts, load_prompt
 from captioning.video_frames import VideoWindow
 from captioning.vlm import VideoPrompt, VLMBackend
+from curation.model_labels import write_marker
 
 STAND_IN_ANSWER = (
     "Summary: A stand-in caption written by a tiny test model.\n"
@@ -143,6 +148,7 @@ def build_tiny_qwen2_vl(
     )
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
+    write_marker(directory, "captioning.tiny_vlm.build_tiny_qwen2_vl", seed)
     return str(directory)
 
 
@@ -190,6 +196,46 @@ def fit_answer(
     decoding reproduces it exactly for fresh random videos. Returns the steps taken; raises when
     `max_steps` were not enough.
     """
+    prompt, rules = load_prompt(prompt_id), CaptionParseConfig()
+
+    def draw(rng: np.random.Generator, count: int) -> list[tuple[VideoPrompt, str]]:
+        durations = rng.uniform(1.5, 12.0, count)
+        return [
+            (
+                VideoPrompt(
+                    _random_window(rng, d), prompt.render(d, rules.min_segments_for(d), _random_hints(rng, d))
+                ),
+                answer,
+            )
+            for d in durations
+        ]
+
+    return fit_answers(model_dir, draw, max_steps=max_steps, batch_size=batch_size, lr=lr, seed=seed)
+
+
+Draw = Callable[[np.random.Generator, int], list[tuple[VideoPrompt, str]]]
+"""`draw(rng, count)`: `count` fresh (video and prompt, answer to teach) pairs."""
+
+
+def fit_answers(
+    model_dir: str,
+    draw: Draw,
+    max_steps: int = 600,
+    batch_size: int = 4,
+    lr: float = 3e-3,
+    seed: int = 0,
+    check_from: int = 150,
+    check_every: int = 50,
+    decay_steps: int = 400,
+) -> int:
+    """Fine-tune the model in `model_dir` on the pairs `draw` makes, until greedy decoding reproduces the
+    answer of every pair of a fresh draw exactly; saves it and returns the steps taken.
+
+    What the answer may depend on is up to `draw`: one answer for every video teaches the model to ignore
+    the frames, an answer that follows the frames (their colour, say) teaches it to look at them. Trains
+    through the backend's own processor path, as captioning calls it; checks every `check_every` steps
+    from `check_from`; raises when `max_steps` were not enough.
+    """
     import torch
 
     cfg = VLMConfig(
@@ -197,34 +243,41 @@ def fit_answer(
     )
     backend = VLMBackend(cfg)
     model, tokenizer = backend.model, backend.processor.tokenizer
-    target = answer + tokenizer.convert_ids_to_tokens(backend.eos_ids[0])
-    answer_len = len(tokenizer(target, add_special_tokens=False)["input_ids"])
-    prompt, rng, rules = load_prompt(prompt_id), np.random.default_rng(seed), CaptionParseConfig()
+    eos = tokenizer.convert_ids_to_tokens(backend.eos_ids[0])
+    answer_lengths: dict[str, int] = {}
 
-    def prompts(count: int) -> list[VideoPrompt]:
-        durations = rng.uniform(1.5, 12.0, count)
-        return [
-            VideoPrompt(
-                _random_window(rng, d), prompt.render(d, rules.min_segments_for(d), _random_hints(rng, d))
-            )
-            for d in durations
-        ]
+    def answer_length(target: str) -> int:
+        if target not in answer_lengths:
+            answer_lengths[target] = len(tokenizer(target, add_special_tokens=False)["input_ids"])
+        return answer_lengths[target]
 
+    rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.05, 1 - step / 400))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.05, 1 - step / decay_steps))
     for step in range(1, max_steps + 1):
         model.train()
-        inputs = backend.inputs(prompts(batch_size), answers=[target] * batch_size)
+        prompts, answers = zip(*draw(rng, batch_size), strict=True)
+        targets = [answer + eos for answer in answers]
+        inputs = backend.inputs(list(prompts), answers=targets)
         labels = inputs["input_ids"].clone()
-        labels[:, :-answer_len] = -100  # left-padded: the answer is the last tokens of every row
+        for row, target in enumerate(targets):  # left-padded: each answer is the last tokens of its row
+            labels[row, : -answer_length(target)] = -100
         model(**inputs, labels=labels).loss.backward()
         optimizer.step()
         schedule.step()
         optimizer.zero_grad()
-        if step >= 150 and step % 50 == 0:
+        if step >= check_from and step % check_every == 0:
             model.eval()
-            if all(g.text == answer for g in backend.generate(prompts(6))):
+            checks = draw(rng, 6)
+            lengths = [answer_length(answer + eos) for _, answer in checks]
+            # room for the answer and its end-of-turn token, no more: a model not there yet stops early
+            backend.cfg.max_new_tokens = max(lengths)
+            generations = backend.generate([p for p, _ in checks])
+            if all(
+                g.text == answer and g.new_tokens == length  # the answer, then the end of the turn
+                for g, (_, answer), length in zip(generations, checks, lengths, strict=True)
+            ):
                 model.save_pretrained(model_dir)
                 return step
-    raise RuntimeError(f"the tiny VLM did not learn the answer in {max_steps} steps")
+    raise RuntimeError(f"the tiny VLM did not learn its answers in {max_steps} steps")

@@ -71,7 +71,7 @@ from jobs.ray_runtime import (
     task_retry_args,
 )
 from jobs.report import report_after_job
-from jobs.run_info import versions
+from jobs.run_info import curate_models_label, models_note, versions
 
 
 class ResumeRefused(RuntimeError):
@@ -598,7 +598,7 @@ def summary_line(counts: dict, wall_s: float, out: str, models: str | None = Non
         f"({counts['clips_kept']} kept, {counts['clips_dropped']} dropped) in {counts['shards']} shards, "
         f"{wall_s:.1f}s -> {out}"
     ) + failure_note(counts)
-    return f"{line} [models: {models}]" if models else line
+    return line + models_note(models or "")
 
 
 def run_curate(
@@ -617,8 +617,8 @@ def run_curate(
     `sample` keeps a deterministic fraction of the input videos (by URI) and `limit` the first N of
     them, to look at a subset's clips, captions and report before paying for the whole run.
 
-    `models` labels the run's model weights in run.json and the summary (the demo passes
-    "random-weights" when it had to stand in tiny random models for missing ones).
+    run.json's `models` says which kind of weights the run's models are (`curation.model_labels`):
+    random-weights when any model it loads is a tiny stand-in, or when `models` says so.
 
     The job holds OUT (`jobs.output_lock`) from before it changes anything there until run.json and
     the report are written, so a second job on the same OUT stops before it starts Ray.
@@ -661,6 +661,7 @@ def _run_curate(inputs, output, cfg, overwrite, num_cpus, log, models, limit, sa
     with ray_session(num_cpus) as ray_info:
         ray_start_s = time.perf_counter() - ray_started
         run_where_files_are_read(check_models, cfg, session=ray_info)
+        models = run_where_files_are_read(curate_models_label, cfg, models, session=ray_info)
         check_gpus(cfg, ray_info)
         if pending:
             ds = ray.data.from_items(
@@ -738,8 +739,7 @@ def _run_curate(inputs, output, cfg, overwrite, num_cpus, log, models, limit, sa
             [s["captioning"] for s in fresh if "captioning" in s],
             wall,
         ),
-        "models": models
-        or ("pretrained" if cfg.scoring.aesthetic.enabled or cfg.captioning.enabled else "none"),
+        "models": models,
     }
     write_shard_index(layout, [markers[t.task_id] for t in tasks if t.task_id in markers], log)
     storage.write_bytes(layout.run_json, json.dumps(run, indent=1).encode())

@@ -75,7 +75,7 @@ from jobs.ray_runtime import (
     run_where_files_are_read,
     task_retry_args,
 )
-from jobs.run_info import versions
+from jobs.run_info import encoder_models_label, models_note, versions
 
 NOT_ERRORS = ("too_short", "no_caption", "no_video")
 """Skip reasons that are a selection (the clip does not fit the encoding), not an error in the input."""
@@ -402,6 +402,9 @@ def run_encode(
 ) -> dict:
     """Run the whole encode job; returns what it writes to run.json.
 
+    run.json's `models` is random-weights when the VAE or the text encoder is a tiny stand-in
+    (`curation.model_labels`), or when `models` says so (e.g. the label of the run that made the input).
+
     The job holds OUT (`jobs.output_lock`) from before it changes anything there until run.json is
     written, so a second job on the same OUT stops before it starts Ray.
     """
@@ -447,6 +450,9 @@ def _run_encode(inputs, output, cfg, overwrite, num_cpus, log, models) -> dict:
     with ray_session(num_cpus) as ray_info:
         # fail before any work when a model is missing (their configs name the key to set)
         latent_channels, text_dim = run_where_files_are_read(encoder_dims, cfg, session=ray_info)
+        models = run_where_files_are_read(
+            encoder_models_label, cfg.vae, cfg.text_encoder, models, session=ray_info
+        )
         if pending:
             gpus = cfg.num_gpus
             if gpus is None:
@@ -539,13 +545,13 @@ def _run_encode(inputs, output, cfg, overwrite, num_cpus, log, models) -> dict:
         "io": io_report(cfg.io, io_retried + storage.io_retries() - io_before),
         "latent": {"channels": latent_channels, "text_dim": text_dim},
         "timings": {"wall_s": wall, "clips_per_s": sum(s["written"] for s in fresh.values()) / wall},
-        "models": models or "pretrained",
+        "models": models,
     }
     write_shard_index(layout, [markers[t.task_id] for t in tasks if t.task_id in markers], log)
     storage.write_bytes(layout.run_json, json.dumps(run, indent=1).encode())
     log(
         f"reelmill encode: {counts['written']} samples written in {counts['shards']} shards, skipped "
         f"{counts['skipped'] or 'none'}, {counts['invalid_records']} with invalid records, "
-        f"{wall:.1f}s -> {output}" + failure_note(counts) + (f" [models: {models}]" if models else "")
+        f"{wall:.1f}s -> {output}" + failure_note(counts) + models_note(models)
     )
     return run

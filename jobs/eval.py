@@ -231,12 +231,10 @@ def _nonzero(counts: dict) -> dict:
 
 
 def _generator_random(module) -> bool:
-    from training.tiny_encoders import is_random_weights
+    """Whether the generator's encoders are tiny stand-ins, or its DiT was trained on theirs."""
+    from jobs.sample import generator_models_label
 
-    return any(
-        config is not None and is_random_weights(config.model)
-        for config in (module.vae_config, module.text_config)
-    )
+    return generator_models_label(module) == "random-weights"
 
 
 def metrics_table(result: dict) -> list[str]:

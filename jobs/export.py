@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from curation.config import ConfigError
+from curation.model_labels import models_label
 from jobs.sample import SIZE_KEYS, CheckpointRefused, load_checkpoint
 from training.module import VideoDiTModule
 from training.pretrained import (
@@ -27,7 +28,6 @@ from training.pretrained import (
     PretrainedVideoDiT,
     is_export,
 )
-from training.tiny_encoders import is_random_weights
 
 EXPORT_FILES = (EXPORT_FILE, WEIGHTS_FILE, CONFIG_FILE, "README.md")
 """What an export writes; `--overwrite` removes these and nothing else."""
@@ -61,7 +61,7 @@ def export_info(saved: dict, ckpt: str, use_ema: bool) -> dict:
     for key, cfg in encoders.items():
         if not isinstance(cfg, dict) or not cfg.get("model"):
             raise ConfigError(f"CKPT {ckpt} was trained without model.{key}; an export could not sample")
-    random = any(is_random_weights(cfg["model"]) for cfg in encoders.values())
+    models = models_label([cfg["model"] for cfg in encoders.values()], saved.get("models"))
     try:
         version = importlib.metadata.version("reelmill")
     except importlib.metadata.PackageNotFoundError:
@@ -69,7 +69,7 @@ def export_info(saved: dict, ckpt: str, use_ema: bool) -> dict:
     return {
         "format": EXPORT_FORMAT,
         "version": EXPORT_VERSION,
-        "models": "random-weights" if random else "pretrained",
+        "models": models,
         "preset": hparams.get("model", "tiny"),
         "weights": "ema" if use_ema else "live",
         **encoders,

@@ -92,7 +92,7 @@ from jobs.ray_runtime import (
     task_retry_args,
 )
 from jobs.report import report_after_job
-from jobs.run_info import versions
+from jobs.run_info import models_note, recaption_models_label, versions
 
 QUARANTINED = "__quarantined__"
 """Set on a sample whose preparation raised: the manifest fields of its internal_error row."""
@@ -471,6 +471,9 @@ def run_recaption(
     `limit` captions only the first N selected samples, `sample` a deterministic fraction of the
     samples (by key); only those are written, so a subset can be looked at before the full run.
 
+    run.json's `models` is random-weights when the VLM or the alignment CLIP is a tiny stand-in
+    (`curation.model_labels`), or when `models` says so (e.g. the label of the run that made the input).
+
     The job holds OUT (`jobs.output_lock`) from before it changes anything there until run.json and
     the report are written, so a second job on the same OUT stops before it starts Ray.
     """
@@ -518,6 +521,7 @@ def _run_recaption(inputs, output, cfg, overwrite, num_cpus, limit, sample, log,
     with ray_session(num_cpus) as ray_info:
         run_where_files_are_read(check_captioning, cfg.captioning, session=ray_info)
         run_where_files_are_read(check_alignment_model, cfg.captioning, session=ray_info)
+        models = run_where_files_are_read(recaption_models_label, cfg, models, session=ray_info)
         aligned = cfg.captioning.alignment
         if pending:
             pools = {"captioning": (cfg.captioning.cpus, cfg.captioning.actors)}
@@ -584,7 +588,7 @@ def _run_recaption(inputs, output, cfg, overwrite, num_cpus, limit, sample, log,
             cfg.io, sum(s.get("io_retries", 0) for s in fresh) + storage.io_retries() - io_before
         ),
         "timings": {"wall_s": wall},
-        "models": models or "pretrained",
+        "models": models,
     }
     write_shard_index(layout, summaries, log)
     storage.write_bytes(layout.run_json, json.dumps(run, indent=1).encode())
@@ -594,7 +598,7 @@ def _run_recaption(inputs, output, cfg, overwrite, num_cpus, limit, sample, log,
         f"{counts['caption_failed']} failed, {counts['kept']} written in {counts['shards']} shards, "
         f"{counts['invalid_records']} with invalid records, {wall:.1f}s -> {output}"
         + failure_note(counts)
-        + (f" [models: {models}]" if models else "")
+        + models_note(models)
     )
     report_after_job(output, cfg.report, log)
     return run

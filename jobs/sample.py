@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from curation.config import ConfigError
+from jobs.run_info import encoder_models_label, models_note
 from training.module import VideoDiTModule
 from training.pretrained import load_pretrained, read_export_info
 from training.video_in import evenly_spaced, grow_to_latent_cells, read_clip, read_image, read_mask
@@ -80,6 +81,15 @@ def load_generator(
     return module.to(device).eval(), size
 
 
+def generator_models_label(module: VideoDiTModule) -> str:
+    """`models` of what a generator writes: random-weights when the encoders it samples with are tiny
+    stand-ins, or when it was trained with such (its checkpoint or export says so: its DiT learned their
+    latents, whichever encoders decode them now); else pretrained."""
+    return encoder_models_label(
+        module.vae_config, module.text_config, getattr(module, "trained_models", None)
+    )
+
+
 def _encoder_overrides(hparams: dict, source: str, vae_model: str | None, text_model: str | None) -> dict:
     """`vae` and `text_encoder` hparams with the models moved where the flags say; a source trained
     without one cannot sample."""
@@ -102,6 +112,7 @@ def _from_checkpoint(ckpt: str, vae_model: str | None, text_model: str | None) -
     encoders = _encoder_overrides(hparams, ckpt, vae_model, text_model)
     # one sampling run gains nothing from compiling
     module = VideoDiTModule.from_checkpoint(saved, **encoders, compile=False)
+    module.trained_models = saved.get("models")  # what `reelmill train` said of its encoders
     return module, {k: trained.get(k) for k in SIZE_KEYS}
 
 
@@ -121,6 +132,7 @@ def _from_export(
     weights = dit.state_dict()
     module.model.load_state_dict(weights)
     module.ema.load_state_dict(weights)
+    module.trained_models = info.get("models")
     clip = info.get("clip") if isinstance(info.get("clip"), dict) else {}
     return module, {k: clip.get(k) for k in SIZE_KEYS}
 
@@ -191,10 +203,13 @@ def run_sample(
     else:
         videos = window.long(long, seed, sampling)
     paths = [output] if len(prompts) == 1 else [_numbered(output, i) for i in range(len(prompts))]
+    note = models_note(generator_models_label(module))
     for path, video in zip(paths, videos, strict=True):
         write_mp4(to_frames(video), path, fps=rate)
         what = f" ({mode})" if mode else ""
-        log(f"reelmill sample: {video.shape[1]} frames {video.shape[3]}x{video.shape[2]}{what} -> {path}")
+        log(
+            f"reelmill sample: {video.shape[1]} frames {video.shape[3]}x{video.shape[2]}{what} -> {path}{note}"
+        )
     return paths
 
 

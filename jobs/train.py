@@ -9,7 +9,9 @@ curate takes a preset, or a file. Everything LightningCLI offers works (`--print
 `trainer.default_root_dir`: unless the recipe names loggers, TensorBoard and CSV logs go to
 `tensorboard/` and `csv/` there, and every ModelCheckpoint without a `dirpath` writes to `checkpoints/`
 there, so `--ckpt_path last` finds the last checkpoint of the run when the same command is started again
-after a crash. When training ends, the final state is saved to `checkpoints/last.ckpt` as well.
+after a crash. When training ends, the final state is saved to `checkpoints/last.ckpt` as well. The run
+says which kind of weights its encoders are (`reelmill train: models: random-weights` for the tiny
+stand-ins) and every checkpoint keeps it as `models`.
 
 Resuming reads the checkpoint with `weights_only=True` whatever Lightning's default or the environment
 (`TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`) says: a checkpoint is a pickle, and one holding anything but tensors
@@ -34,6 +36,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from curation.config import ConfigError, resolve_preset
 from curation.inputs import InputError
 from jobs.logs import configure_logging
+from jobs.run_info import encoder_models_label
 from jobs.sample import refused
 from training.data import NothingUsable, ShardDataModule
 from training.encoders import EncoderError
@@ -59,6 +62,7 @@ class TrainCLI(LightningCLI):
         if trainer_config.get("logger") in (None, True):
             kwargs["logger"] = [TensorBoardLogger(root, name="tensorboard"), CSVLogger(root, name="csv")]
         trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks.append(ModelsLabel.of(self.model))
         for callback in trainer.checkpoint_callbacks:
             if callback.dirpath is None:
                 callback.dirpath = os.path.join(root, "checkpoints")
@@ -93,6 +97,29 @@ class TrainCLI(LightningCLI):
         last = os.path.join(checkpoints.dirpath, "last.ckpt")
         self.trainer.save_checkpoint(last, weights_only=False)  # explicit: Lightning logs a line otherwise
         self.trainer.print(f"reelmill train: step {self.trainer.global_step}, final checkpoint {last}")
+
+
+class ModelsLabel(Callback):
+    """Says which kind of weights the module's encoders are (`curation.model_labels`: pretrained,
+    random-weights, none) when training starts, and keeps it in every checkpoint as `models`, so a model
+    trained on tiny random-weight stand-ins stays marked wherever its checkpoints go (`reelmill sample`
+    reads it, even when its encoders are then loaded from elsewhere)."""
+
+    CHECKPOINT_KEY = "models"
+
+    def __init__(self, label: str):
+        self.label = label
+
+    @classmethod
+    def of(cls, module: LightningModule) -> ModelsLabel:
+        vae, text = getattr(module, "vae_config", None), getattr(module, "text_config", None)
+        return cls(encoder_models_label(vae, text))
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        trainer.print(f"reelmill train: models: {self.label}")
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
+        checkpoint[self.CHECKPOINT_KEY] = self.label
 
 
 def safe_run(

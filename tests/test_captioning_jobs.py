@@ -128,6 +128,7 @@ def recaptioned(curated, tiny_vlm, tmp_path_factory):
 
 def test_recaption_keeps_every_member_and_field_and_adds_the_new_caption(recaptioned, tiny_vlm):
     source, target, run = recaptioned
+    assert json.loads((target / "run.json").read_text())["models"] == "random-weights"  # the tiny VLM
     before, after = shard_samples(OutputLayout(str(source))), shard_samples(OutputLayout(str(target)))
     assert set(before) | {"ext-000", "ext-001"} == set(after)
     for key, old in before.items():

@@ -277,7 +277,9 @@ def test_rejected_inputs_and_run_facts(run_out, chromium):
     assert float(chromium.eval("document.querySelector('#tokens-per-s').dataset.value")) == pytest.approx(
         tokens
     )
-    assert chromium.eval("document.querySelector('#random-weights')") is None
+    assert run["models"] == "random-weights"  # captioned by the tiny VLM
+    banner = chromium.eval("document.querySelector('#random-weights').textContent")
+    assert banner.startswith("models: random-weights")
     assert chromium.errors == []
 
 

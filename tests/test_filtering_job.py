@@ -59,6 +59,7 @@ def test_rules_drop_still_and_dark_clips_and_keep_them_for_inspection(
 ):
     out = tmp_path / "out"
     run = curate(clips_dir, out, tiny_aesthetic, "shards.keep_dropped=true")
+    assert json.loads((out / "run.json").read_text())["models"] == "random-weights"  # the tiny CLIP and head
     layout = OutputLayout(str(out))
     rows = by_source(layout)
     assert rows["moving"]["kept"] and rows["moving"]["drop_reason"] is None

@@ -307,7 +307,7 @@ def test_train_over_hostile_corpus_then_resume_and_refuse_crafted(
     assert train_job.main(train_argv(tmp_path, corpus["dir"], run_dir, 3)) == 0
     last = run_dir / "checkpoints" / "last.ckpt"
     saved = load_checkpoint(str(last))  # what reelmill train writes loads as plain weights
-    assert saved["global_step"] == 3
+    assert saved["global_step"] == 3 and saved["models"] == "none"  # latents in, no encoder loaded
     metrics = (next((run_dir / "csv").glob("version_*/metrics.csv"))).read_text()
     assert "data/bad_array" in metrics and "data/internal_error" in metrics
 

@@ -1,21 +1,26 @@
 """Training on curated shards end to end: `reelmill encode` on a local Ray, latent shards against clip
 shards through the same module, and `reelmill train` killed, resumed from `last`, then `reelmill sample`."""
 
+import csv
 import json
+import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import webdataset as wds
 
-from conftest import probe_video
+from conftest import decode_frames, probe_video
 from curation import config
 from curation.layout import OutputLayout
+from curation.model_labels import RANDOM_WEIGHTS_FILE
 from jobs.encode import run_encode
 from jobs.job_configs import EncodeConfig
 
@@ -67,7 +72,8 @@ def test_encode_writes_a_latent_sample_for_every_clip(latents, curated_run, tiny
     index = json.loads((out / "shards" / "index.json").read_text())
     assert index["totals"]["samples"] == len(written)
     assert {s["url"] for s in index["shardlist"]} == {p.name for p in (out / "shards").glob("*.tar")}
-    assert run["models"] == "pretrained" and run["latent"]["channels"] == latent.shape[0]
+    # the tiny Wan VAE and UMT5 carry the builders' marker: the run says what its latents are worth
+    assert run["models"] == "random-weights" and run["latent"]["channels"] == latent.shape[0]
 
 
 def test_encode_skips_clips_too_short_as_rows_and_resumes(ray_local, curated_run, tiny_wan, tmp_path):
@@ -151,27 +157,55 @@ def train_args(curated_run: Path, tiny_wan: str, run_dir: Path, max_steps: int) 
         "--trainer.default_root_dir", str(run_dir), "--trainer.max_steps", str(max_steps),
         "--trainer.val_check_interval", "4", "--trainer.enable_progress_bar", "false",
         "--model.vae", json.dumps(encoder), "--model.text_encoder", json.dumps(encoder),
-        "--data.num_workers", "1",
+        "--data.num_workers", "1", "--trainer.log_every_n_steps", "1",
     ]  # fmt: skip
+
+
+def assert_a_sample_video(path: Path) -> None:
+    """An H.264 mp4 of the trained clip size (9 frames, 64x64) whose frames show something: not one flat
+    colour, and not the same frame nine times."""
+    info = probe_video(path)
+    stream = (info["codec_name"], info["width"], info["height"], info["nb_read_frames"])
+    assert stream == ("h264", 64, 64, "9"), path
+    frames = decode_frames(path, 64, 64)
+    assert frames.shape == (9, 64, 64, 3), path
+    assert frames.std(axis=(1, 2, 3)).min() > 2.0, path  # every frame has content
+    assert np.abs(np.diff(frames, axis=0)).mean() > 0.5, path  # and they change over time
+
+
+def train_losses(metrics_csv: Path) -> dict[int, float]:
+    """{step: train/loss} of a CSVLogger file; a step logged twice is an error."""
+    with metrics_csv.open() as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/loss")]
+    steps = [int(r["step"]) for r in rows]
+    assert len(steps) == len(set(steps)), f"steps logged twice in {metrics_csv}: {steps}"
+    return {int(r["step"]): float(r["train/loss"]) for r in rows}
 
 
 def test_train_killed_resumed_from_last_then_sample(curated_run, tiny_wan, tmp_path):
     run_dir = tmp_path / "run"
     last = run_dir / "checkpoints" / "last.ckpt"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    first = subprocess.Popen(
-        train_args(curated_run, tiny_wan, run_dir, 10_000),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-    )  # fmt: skip
-    deadline = time.monotonic() + 600
-    while not last.exists() and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.5)
-    time.sleep(1.0)  # a checkpoint or two more
-    first.send_signal(signal.SIGKILL)
-    log = first.communicate()[0]
+    first_log = tmp_path / "first.log"
+    # a file, not a pipe: nothing blocks the run while no one reads; unbuffered: SIGKILL loses no line
+    with first_log.open("w") as sink:
+        first = subprocess.Popen(
+            train_args(curated_run, tiny_wan, run_dir, 10_000),
+            stdout=sink, stderr=subprocess.STDOUT, text=True, env={**env, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+        deadline = time.monotonic() + 600
+        while not last.exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(1.0)  # a checkpoint or two more
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+    log = first_log.read_text()
     assert last.exists(), log[-3000:]
-    stopped_at = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
-    assert 0 < stopped_at < 10_000
+    # the encoders are the tiny random-weight stand-ins: said when training starts, kept in checkpoints
+    assert "reelmill train: models: random-weights" in log
+    stopped = torch.load(last, map_location="cpu", weights_only=False)
+    stopped_at = stopped["global_step"]
+    assert 0 < stopped_at < 10_000 and stopped["models"] == "random-weights"
     target = stopped_at + 3
     resumed = subprocess.run(
         [*train_args(curated_run, tiny_wan, run_dir, target), "--ckpt_path", "last"],
@@ -181,25 +215,38 @@ def test_train_killed_resumed_from_last_then_sample(curated_run, tiny_wan, tmp_p
     assert "Restored all states from the checkpoint" in resumed.stdout + resumed.stderr
     assert "exists and is not empty" not in resumed.stderr  # resuming into its own run directory is no news
     final = torch.load(last, map_location="cpu", weights_only=False)
-    assert final["global_step"] == target
+    assert final["global_step"] == target and final["models"] == "random-weights"
     assert final["hyper_parameters"]["vae"]["model"] == tiny_wan
-    samples = sorted((run_dir / "samples").glob("step-*.mp4"))  # the callback sampled a held-out prompt
-    assert samples and (run_dir / "samples" / f"step-{target:07d}-0.mp4").exists()
-    assert list((run_dir / "csv").glob("version_*/metrics.csv")) and (run_dir / "tensorboard").is_dir()
+
+    # the callback sampled the held-out prompt every 4 steps, before the kill and after the resume, and at
+    # the end; every one is a whole video of the trained size
+    samples = {int(p.name.split("-")[1]): p for p in (run_dir / "samples").glob("step-*-0.mp4")}
+    assert set(samples) == {*range(4, target + 1, 4), target}
+    for path in samples.values():
+        assert_a_sample_video(path)
+
+    # metrics.csv: the resumed run (a new CSV version) logs every step from where the checkpoint stopped
+    # to the target, each once, with finite losses
+    versions = sorted((run_dir / "csv").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+    assert len(versions) == 2 and (run_dir / "tensorboard").is_dir()
+    losses = train_losses(versions[-1] / "metrics.csv")
+    assert sorted(losses) == list(range(stopped_at, target)), (stopped_at, sorted(losses))
+    assert all(math.isfinite(v) for v in losses.values())
+
+    # sampling from the checkpoint with the same encoders moved elsewhere, without the marker: the DiT
+    # learned the stand-ins' latents, so its videos are still marked
+    moved = shutil.copytree(
+        tiny_wan, tmp_path / "moved-wan", ignore=shutil.ignore_patterns(RANDOM_WEIGHTS_FILE)
+    )
     video = tmp_path / "sample.mp4"
     done = subprocess.run(
         [REELMILL, "sample", "--ckpt", str(last), "--prompt", "a stand-in caption", "--output", str(video),
-         "--steps", "4", "--device", "cpu"],
+         "--steps", "4", "--device", "cpu", "--vae-model", str(moved), "--text-encoder-model", str(moved)],
         capture_output=True, text=True, env=env, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    info = probe_video(video)
-    assert (info["codec_name"], info["width"], info["height"], info["nb_read_frames"]) == (
-        "h264",
-        64,
-        64,
-        "9",
-    )
+    assert f"-> {video} [models: random-weights]" in done.stdout + done.stderr
+    assert_a_sample_video(video)
     bad = subprocess.run(
         [REELMILL, "sample", "--ckpt", str(tmp_path / "nope.ckpt"), "--prompt", "x", "--output", str(video)],
         capture_output=True, text=True, env=env, timeout=300,

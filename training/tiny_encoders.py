@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-RANDOM_WEIGHTS_FILE = "reelmill-random-weights.json"
-"""Written at the top of every tiny model directory; `is_random_weights` looks for it."""
+# the marker and its test live with the label (curation.model_labels); here too, beside the builders
+from curation.model_labels import RANDOM_WEIGHTS_FILE, is_random_weights, write_marker  # noqa: F401
 
 TINY_WAN_VAE = {"base_dim": 8, "z_dim": 4, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 1}
 """Wan's layout (3 spatial halvings, 2 temporal ones: 4x8x8) at a width that runs in a blink on CPU."""
@@ -57,14 +57,7 @@ def _own_rng(build):
 
 
 def _marker(directory: Path, builder: str, seed: int) -> None:
-    info = {"models": "random-weights", "builder": f"training.tiny_encoders.{builder}", "seed": seed}
-    (directory / RANDOM_WEIGHTS_FILE).write_text(json.dumps(info, indent=2))
-
-
-def is_random_weights(model: str) -> bool:
-    """Whether `model` (a directory, or an open_clip `local-dir:` name) was written by a tiny builder."""
-    path = Path(str(model).removeprefix("local-dir:"))
-    return any((p / RANDOM_WEIGHTS_FILE).is_file() for p in (path, path.parent))
+    write_marker(directory, f"training.tiny_encoders.{builder}", seed)
 
 
 def train_t5_tokenizer(vocab_size: int = 512):

@@ -473,6 +473,7 @@ def render_page(report: dict) -> str:
     facts = " &middot; ".join(
         x for x in [
             f"job <b>{esc(run['job'])}</b>",
+            f"models <b>{esc(run['models'])}</b>" if run.get("models") else "",
             f"captions by <code>{esc(run['caption_model'])}</code> ({esc(run['prompt_id'])})" if run.get("caption_model") else "",
             f"finished {esc(run['finished_at'])}" if run.get("finished_at") else "",
             f"wall {fmt(run['wall_s'], 3)} s" if run.get("wall_s") else "",

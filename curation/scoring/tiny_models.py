@@ -3,7 +3,8 @@
 Used where the real weights cannot be had (tests, and `make demo` on a machine without them): an
 open_clip VisionTransformer from a custom model config and a LAION-shaped aesthetic head, saved
 to files and then loaded through exactly the path a user's weights take. Their scores mean
-nothing; outputs made with them are marked `models: random-weights`.
+nothing; the directory carries `curation.model_labels.RANDOM_WEIGHTS_FILE`, so outputs made with them
+are marked `models: random-weights`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import open_clip
 import torch
 
+from curation.model_labels import write_marker
 from curation.scoring.aesthetic import AestheticHead
 
 TINY_CLIP_NAME = "reelmill-tiny-vit"
@@ -51,6 +53,7 @@ def build_tiny_aesthetic_models(directory: str | Path, seed: int = 0) -> dict[st
         head.layers[7].bias.fill_(5.0)  # centre them on the 0-10 scale
     head_path = d / "aesthetic_head.pth"
     torch.save(head.state_dict(), head_path)
+    write_marker(d, "curation.scoring.tiny_models.build_tiny_aesthetic_models", seed)
     return {
         "clip_model": TINY_CLIP_NAME,
         "clip_pretrained": str(checkpoint),
