@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from vlm_archs import record_generate
 
 from captioning.caption_config import CaptionConfig, CaptionFramesConfig, VLMConfig
 from captioning.captioner import Captioner
@@ -92,15 +93,13 @@ def test_each_caption_window_sends_its_own_camera_hint_to_the_model(tiny_vlm, si
     )
     assert not failed and [(w.start_s, w.end_s) for w in clip.windows] == [(0.0, 3.0), (3.0, 6.0)]
     backend = VLMBackend(cfg.vlm)
-    received = []
-
-    def generate(prompts, **sampling):
-        for prompt in prompts:
-            ids = backend.inputs([prompt])["input_ids"][0]
-            received.append(backend.processor.tokenizer.decode(ids, skip_special_tokens=True))
-        return backend.generate(prompts, **sampling)
-
-    Captioner(generate, cfg, tiny_vlm).run([clip])
+    calls = record_generate(backend)
+    Captioner(backend.generate, cfg, tiny_vlm).run([clip])
+    received = [
+        backend.processor.tokenizer.decode(ids, skip_special_tokens=True)
+        for call in calls
+        for ids in call["input_ids"]
+    ]
     assert len(received) == 2
     assert f"Camera motion: {CAMERA_PHRASES['pan_left']}." in received[0]
     assert (

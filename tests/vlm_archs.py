@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 from captioning.prompts import PROMPT_DIR, available_prompts
 from captioning.tiny_vlm import SPECIAL_TOKENS, TINY_PIXELS, build_tiny_qwen2_vl, train_tokenizer
+from curation.model_labels import write_marker
 
 # Text model shared by every builder: small enough that building and generating take about a second.
 TEXT = {
@@ -47,6 +48,7 @@ def _ids(tokenizer, tokens: list[str]) -> dict[str, int]:
 def _save(directory: str | Path, model, processor) -> str:
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
+    write_marker(directory, f"vlm_archs.{type(model).__name__}", seed=0)
     return str(directory)
 
 
@@ -333,22 +335,53 @@ class Arch(NamedTuple):
     """The processor output that holds the video's pixels."""
     video_token: str
     """The placeholder the processor repeats in the text for the video's features."""
+    frame_times: str | None = None
+    """How the model is told when each frame was taken: `prompt` (the processor writes the times into the
+    text), `rope` (seconds per temporal patch, `second_per_grid_ts`, scale the position ids), or None."""
 
 
 ARCHITECTURES: dict[str, Arch] = {
+    # Qwen2-VL's temporal positions count frame pairs: it is told the frames' order, not their times.
     "qwen2_vl": Arch(
         build_tiny_qwen2_vl, "Qwen2VLForConditionalGeneration", "pixel_values_videos", "<|video_pad|>"
     ),
     "qwen2_5_vl": Arch(
-        build_tiny_qwen2_5_vl, "Qwen2_5_VLForConditionalGeneration", "pixel_values_videos", "<|video_pad|>"
+        build_tiny_qwen2_5_vl,
+        "Qwen2_5_VLForConditionalGeneration",
+        "pixel_values_videos",
+        "<|video_pad|>",
+        frame_times="rope",
     ),
     # SmolVLM feeds a video's frames as images: `pixel_values` [videos, frames, 3, H, W], padded to the
-    # batch's longest video, and `<image>` placeholders under each frame's timestamp.
-    "smolvlm": Arch(build_tiny_smolvlm, "SmolVLMForConditionalGeneration", "pixel_values", "<image>"),
+    # batch's longest video, and `<image>` placeholders under each frame's timestamp (`Frame from 00:01:`).
+    "smolvlm": Arch(
+        build_tiny_smolvlm, "SmolVLMForConditionalGeneration", "pixel_values", "<image>", frame_times="prompt"
+    ),
     "llava_onevision": Arch(
         build_tiny_llava_onevision, "LlavaOnevisionForConditionalGeneration", "pixel_values_videos", "<video>"
     ),
+    # Qwen3-VL writes each frame pair's mean time before its tokens (`<1.2 seconds>`).
     "qwen3_vl": Arch(
-        build_tiny_qwen3_vl, "Qwen3VLForConditionalGeneration", "pixel_values_videos", "<|video_pad|>"
+        build_tiny_qwen3_vl,
+        "Qwen3VLForConditionalGeneration",
+        "pixel_values_videos",
+        "<|video_pad|>",
+        frame_times="prompt",
     ),
 }
+
+
+def record_generate(backend) -> list[dict]:
+    """Every call the backend makes to its model's `generate`, as the keyword arguments it passed (the
+    token ids, attention mask, pixels, grids): what the model really receives. The calls go through to
+    the real `generate` unchanged."""
+    calls: list[dict] = []
+    real = backend.model.generate
+
+    def generate(*args, **kwargs):
+        assert not args, "the backend passes the model its inputs by name"
+        calls.append(kwargs)
+        return real(**kwargs)
+
+    backend.model.generate = generate
+    return calls
