@@ -6,6 +6,7 @@ The plots are checked through what their functions read back from the axes they 
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,10 @@ import pytest
 import webdataset as wds
 from browser import render_page
 
+from captioning.alignment import CaptionAligner
+from captioning.report.clip_frames import clip_frames
 from captioning.report.collect import bin_edges
+from captioning.report.config import ReportConfig
 from captioning.report.plots import THRESHOLD_COLOR, format_hours, funnel_chart, histogram_grid
 from captioning.tiny_vlm import build_tiny_qwen2_vl, fit_answer
 from conftest import caption_overrides, model_overrides
@@ -58,17 +62,34 @@ def videos(tmp_path_factory, multi_shot_video):
     return d
 
 
-@pytest.fixture(scope="module")
-def curated(ray_local, videos, tiny_vlm, tiny_aesthetic, tmp_path_factory):
-    out = tmp_path_factory.mktemp("report-run") / "out"
+def curate_config(tiny_vlm: str, tiny_aesthetic: dict, *extra: str) -> CurateJobConfig:
+    """The config of the module's curate run, with `extra` assignments after its own."""
     overrides = [
         *model_overrides(tiny_aesthetic),
         *caption_overrides(tiny_vlm),
         RULES,
         "input.videos_per_task=2",
+        *extra,
     ]
-    run = run_curate([str(videos)], str(out), config.load(CurateJobConfig, "curate", "default", overrides))
+    return config.load(CurateJobConfig, "curate", "default", overrides)
+
+
+@pytest.fixture(scope="module")
+def curated(ray_local, videos, tiny_vlm, tiny_aesthetic, tmp_path_factory):
+    """The module's curate run: (OUT, run.json, report.json). No test rewrites this OUT (those that
+    rebuild a report or rerun the job take `curated_copy`), so every test reads it as the run left it,
+    whatever the order the tests run in."""
+    out = tmp_path_factory.mktemp("report-run") / "out"
+    run = run_curate([str(videos)], str(out), curate_config(tiny_vlm, tiny_aesthetic))
     return out, run, json.loads((out / "report" / "report.json").read_text())
+
+
+@pytest.fixture
+def curated_copy(curated, tmp_path) -> Path:
+    """The module's curate OUT, copied for a test that rewrites it (a report rebuilt, a rerun)."""
+    out = tmp_path / "out"
+    shutil.copytree(curated[0], out)
+    return out
 
 
 def manifest(out: Path, name: str) -> pd.DataFrame:
@@ -296,18 +317,85 @@ def test_caption_statistics_match_the_manifest(curated):
     assert c["boilerplate"]["top_openings"][0] == {"opening": "a stand in", "count": len(captioned)}
 
 
-def test_alignment_is_scored_against_a_shuffled_baseline(curated):
-    out, _, report = curated
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v)
+
+
+def _span(times: np.ndarray, start: float, end: float) -> np.ndarray:
+    """The frames in [start, end), or else the one nearest the span's middle (the report's rule)."""
+    inside = np.flatnonzero((times >= start) & (times < end))
+    return inside if len(inside) else np.array([np.argmin(np.abs(times - (start + end) / 2))])
+
+
+def test_alignment_matches_similarities_recomputed_from_the_clips_in_the_shards(curated):
+    """Every sampled clip's frames decoded from its shard and embedded with the run's CLIP, its caption
+    read from its record, and the report's similarities, shuffled baseline, margins and temporal check
+    recomputed from those embeddings with numpy. (Every clip here has the one stand-in caption, so a
+    moved caption differs from the clip's own only in its times; `test_alignment` proves the baseline
+    with captions that differ.)"""
+    out, run, report = curated
     a = report["alignment"]
     kept = int(manifest(out, "clips").kept.sum())
     assert a["status"] == "ok" and a["model"] == "reelmill-tiny-vit"
     assert a["sample"]["aligned"] == a["sample"]["captioned_clips"] == kept
-    for part in ("summary", "segments"):
-        assert a[part]["shuffled_mean"] is not None
-        assert a[part]["margin"] == pytest.approx(a[part]["mean"] - a[part]["shuffled_mean"])
-        assert len(a["distributions"][part]["shuffled"]) == len(a["distributions"][part]["own"]) > 0
-    assert a["temporal"]["segments_checked"] == 2 * kept  # two segments per clip, each with frames
-    assert 0 <= a["temporal"]["own_span_best_share"] <= 1
+    # fewer clips than a gallery holds: the worst-aligned gallery lists every aligned clip's numbers
+    rows = {c["key"]: c["alignment"] for c in report["examples"]["worst_aligned"]}
+    assert len(rows) == kept <= report["settings"]["examples"]
+    settings = ReportConfig(**report["settings"])
+    aligner = CaptionAligner(settings.clip_config(run["config"]))
+    samples = {
+        s["__key__"]: s
+        for shard in sorted((out / "shards").glob("*.tar"))
+        for s in wds.WebDataset(str(shard), shardshuffle=False)
+    }
+    frames = {key: clip_frames(key, samples[key]["mp4"], settings) for key in rows}
+    captions = {key: json.loads(samples[key]["json"])["caption"] for key in rows}
+    images = {key: aligner.embed_frames(f.frames) for key, f in frames.items()}
+    text = {t: aligner.embed_texts([t])[0] for c in captions.values() for t in [c["summary"]]}
+    text |= {s["text"]: aligner.embed_texts([s["text"]])[0] for c in captions.values() for s in c["segments"]}
+
+    def similarities(key: str, caption: dict, scale: float = 1.0) -> tuple[float, list[float]]:
+        """(summary, per segment) of `caption` on clip `key`'s frames, its times multiplied by `scale`."""
+        im, times = images[key], frames[key].timestamps
+        segments = [
+            float(
+                _unit(im[_span(times, s["start_s"] * scale, s["end_s"] * scale)].mean(axis=0))
+                @ text[s["text"]]
+            )
+            for s in caption["segments"]
+        ]
+        return float(_unit(im.mean(axis=0)) @ text[caption["summary"]]), segments
+
+    baseline_of = {key: row["baseline_clip"] for key, row in rows.items()}
+    assert sorted(baseline_of.values()) == sorted(rows) and all(b != k for k, b in baseline_of.items())
+    own, shuffled, best = {}, {}, []
+    for key, row in rows.items():
+        own[key] = similarities(key, captions[key])
+        other = baseline_of[key]  # its caption moved onto this clip, stretched to this clip's length
+        shuffled[key] = similarities(key, captions[other], frames[key].duration_s / frames[other].duration_s)
+        assert row["summary"] == pytest.approx(own[key][0], abs=1e-5)
+        assert row["segments"] == pytest.approx(own[key][1], abs=1e-5)
+        assert row["baseline"] == pytest.approx(shuffled[key][0], abs=1e-5)
+        assert row["margin"] == pytest.approx(own[key][0] - shuffled[key][0], abs=1e-5)
+        times = frames[key].timestamps
+        spans = [
+            _unit(images[key][_span(times, s["start_s"], s["end_s"])].mean(axis=0))
+            for s in captions[key]["segments"]
+        ]
+        matrix = np.stack([text[s["text"]] for s in captions[key]["segments"]]) @ np.stack(spans).T
+        best += [int(np.argmax(r)) == i for i, r in enumerate(matrix)]
+    expected = {
+        "summary": ([v[0] for v in own.values()], [v[0] for v in shuffled.values()]),
+        "segments": ([x for v in own.values() for x in v[1]], [x for v in shuffled.values() for x in v[1]]),
+    }
+    for part, (mine, moved) in expected.items():
+        assert a[part]["mean"] == pytest.approx(np.mean(mine), abs=1e-5), part
+        assert a[part]["shuffled_mean"] == pytest.approx(np.mean(moved), abs=1e-5), part
+        assert a[part]["margin"] == pytest.approx(np.mean(mine) - np.mean(moved), abs=1e-5), part
+        assert sorted(a["distributions"][part]["own"]) == pytest.approx(sorted(mine), abs=1e-5), part
+        assert sorted(a["distributions"][part]["shuffled"]) == pytest.approx(sorted(moved), abs=1e-5), part
+    assert a["temporal"]["segments_checked"] == len(best) == 2 * kept  # two segments per clip
+    assert a["temporal"]["own_span_best_share"] == pytest.approx(np.mean(best))
 
 
 def test_galleries_show_sheets_and_point_into_the_shards(curated):
@@ -367,8 +455,8 @@ def test_the_page_renders_in_chromium_with_every_section_and_image(curated, tmp_
         assert f'href="../shards/{clip["shard"]}"' in html and clip["key"] in html
 
 
-def test_report_command_rebuilds_with_a_smaller_sample(curated):
-    out, _, _ = curated
+def test_report_command_rebuilds_with_a_smaller_sample(curated_copy):
+    out = curated_copy
     done = subprocess.run(
         [REELMILL, "report", str(out), "--max-clips", "3", "--set", "report.examples=2"],
         capture_output=True, text=True, timeout=600,
@@ -380,16 +468,21 @@ def test_report_command_rebuilds_with_a_smaller_sample(curated):
     assert "3 clips aligned" in (out / "report" / "index.html").read_text()
 
 
-def test_report_command_refuses_what_is_not_a_run(tmp_path):
+def _report_files(out: Path) -> dict[str, int]:
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in (out / "report").rglob("*")}
+
+
+def test_report_command_refuses_what_is_not_a_run_and_a_setting_outside_report(curated, tmp_path):
     done = subprocess.run([REELMILL, "report", str(tmp_path)], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2 and "holds no run" in done.stderr
+    assert done.returncode == 2 and f"{tmp_path} holds no run" in done.stderr
+    out = curated[0]  # a run: the override is what is refused, before the report is touched
+    before = _report_files(out)
     done = subprocess.run(
-        [REELMILL, "report", str(tmp_path), "--set", "max_clips=3"],
-        capture_output=True,
-        text=True,
-        timeout=300,
+        [REELMILL, "report", str(out), "--set", "max_clips=3"], capture_output=True, text=True, timeout=300
     )
-    assert done.returncode == 2
+    assert done.returncode == 2, done.stderr
+    assert "--set 'max_clips=3': report takes report.KEY=VALUE only" in done.stderr
+    assert _report_files(out) == before
 
 
 def test_a_run_with_nothing_kept_still_gets_a_full_page(ray_local, videos, tmp_path):
@@ -407,11 +500,29 @@ def test_a_run_with_nothing_kept_still_gets_a_full_page(ray_local, videos, tmp_p
     assert page.ok and page.sections == SECTIONS
 
 
-def test_report_settings_do_not_block_a_resume():
-    base = config.load(CurateJobConfig, "curate", "default")
-    changed = config.load(CurateJobConfig, "curate", "default", ["report.max_clips=5"])
-    assert config.fingerprint(base, ignore=("report",)) == config.fingerprint(changed, ignore=("report",))
-    assert config.fingerprint(base) != config.fingerprint(changed)
+def test_report_settings_do_not_block_a_resume(curated, curated_copy, videos, tiny_vlm, tiny_aesthetic):
+    """curate run again over the module's run (a copy of it) with other report settings: every task is
+    done already, nothing in the shards, manifests or markers is rewritten (the shard index is merged
+    again from the markers, naming the copy), and the report is rebuilt with the new settings."""
+    out, (_, first, _) = curated_copy, curated
+    index = out / "shards" / "index.json"
+
+    def written() -> dict[str, bytes]:
+        return {
+            str(p.relative_to(out)): p.read_bytes()
+            for part in ("shards", "manifest", "_markers")
+            for p in (out / part).rglob("*")
+            if p.is_file() and p != index
+        }
+
+    before, index_before = written(), json.loads(index.read_text())
+    cfg = curate_config(tiny_vlm, tiny_aesthetic, "report.max_clips=3", "report.examples=2")
+    rerun = run_curate([str(videos)], str(out), cfg)
+    assert rerun["tasks"] == {"total": 2, "run_now": 0, "skipped_done": 2, "failed": 0, "redone": {}}
+    assert written() == before and rerun["counts"] == first["counts"]
+    assert json.loads(index.read_text()) == index_before | {"name": str(out)}
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["settings"]["max_clips"] == 3 and report["alignment"]["sample"]["aligned"] == 3
 
 
 @pytest.fixture(scope="module")
@@ -421,8 +532,8 @@ def other_vlm(tmp_path_factory) -> str:
     return path
 
 
-def test_compare_lists_both_runs_and_the_most_different_captions(curated, other_vlm, tmp_path):
-    out, _, _ = curated
+def test_compare_lists_both_runs_and_the_most_different_captions(curated_copy, other_vlm, tmp_path):
+    out = curated_copy
     other = tmp_path / "recaptioned"
     cfg = config.load(RecaptionConfig, "recaption", "default", caption_overrides(other_vlm))
     run_recaption([str(out)], str(other), cfg)

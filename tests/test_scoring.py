@@ -375,12 +375,36 @@ def test_aesthetic_scores_through_the_real_loading_path(tiny_models, frames):
     assert decisions[lowest][0] is False
 
 
-def test_aesthetic_reduce_min_is_not_above_mean(tiny_models, frames):
+def test_aesthetic_reduce_takes_the_mean_or_the_lowest_frame_score(tiny_models, frames):
+    """Three different pictures at the scored positions (10/50/90 % of the clip): each is scored alone
+    here, through the loaded CLIP and head, and the clip's score is their numpy mean, or their min."""
+    import torch
+    from PIL import Image
+
     from curation.scoring.aesthetic import AestheticScorer
 
-    mean = AestheticScorer(tiny_config(tiny_models)).score(frames["pan4"])[0]["aesthetic"]
-    low = AestheticScorer(tiny_config(tiny_models, reduce="min")).score(frames["pan4"])[0]["aesthetic"]
-    assert low <= mean
+    pictures = np.stack([frames[name].rgb[0] for name in ("testsrc2", "dark", "pan4")])
+    clip = SampledFrames(pictures, np.array([0.1, 0.5, 0.9]), 0.4, (320, 180), 1.0)
+    scorer = AestheticScorer(tiny_config(tiny_models))
+    with torch.inference_mode():
+        per_frame = np.array(
+            [
+                float(
+                    scorer.head(
+                        torch.nn.functional.normalize(
+                            scorer.model.encode_image(scorer.preprocess(Image.fromarray(p))[None]), dim=-1
+                        )
+                    )[0]
+                )
+                for p in pictures
+            ]
+        )
+    assert np.ptp(per_frame) > 1e-3, per_frame  # the frames score differently, so min and mean differ
+    mean = scorer.score(clip)[0]["aesthetic"]
+    low = AestheticScorer(tiny_config(tiny_models, reduce="min")).score(clip)[0]["aesthetic"]
+    assert mean == pytest.approx(per_frame.mean(), abs=1e-4)
+    assert low == pytest.approx(per_frame.min(), abs=1e-4)
+    assert low < mean
 
 
 def test_aesthetic_loads_an_open_clip_local_dir(tiny_models, frames, tmp_path):
