@@ -206,7 +206,7 @@ def test_video_batches_from_curated_shards(curated):
                          **SMALL)  # fmt: skip
     loader = dm.train_dataloader()
     assert loader.batch_size is None and loader.persistent_workers and loader.prefetch_factor == 2
-    assert not loader.pin_memory  # no CUDA here
+    assert loader.pin_memory == torch.cuda.is_available()  # pinned for a CUDA device, not otherwise
     batches = list(loader)
     assert len(loader) == len(batches) == 6
     kinds = set()

@@ -6,13 +6,15 @@ import os
 import re
 import socket
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import torch
 import webdataset as wds
 
-from conftest import probe_video
+from conftest import decode_frames, probe_video
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,17 +53,47 @@ def repeated(lines: list[str]) -> dict[str, int]:
     return {k: n for k, n in Counter(k for k in keys if re.search(r"\w", k)).items() if n > 1}
 
 
+def sheet_matches_its_clip(sheet_path: Path, times: list[float], clip_mp4: bytes, tmp_path: Path) -> None:
+    """A contact sheet holds its clip's frames: 256-wide tiles in a 4-column grid (4 px gaps, a 22 px
+    label under each), each tile one of the clip's own frames, none of them blank. (That tile n
+    is the frame at `times[n]` is tests/test_caption_frame_times.py's claim: the frames are sampled about
+    half a step late today.)"""
+    from PIL import Image
+
+    sheet = np.asarray(Image.open(sheet_path).convert("RGB"), dtype=np.float32)
+    clip = tmp_path / "sheet-clip.mp4"
+    clip.write_bytes(clip_mp4)
+    info = probe_video(clip)
+    rows = -(-len(times) // 4)
+    tile_h = (sheet.shape[0] - 4) // rows - 22 - 4
+    assert sheet.shape == (rows * (tile_h + 22 + 4) + 4, min(4, len(times)) * (256 + 4) + 4, 3)
+    # the tiles keep the clip's shape (to a pixel: the report's frames are scaled to even sizes first)
+    assert abs(tile_h - 256 * int(info["height"]) / int(info["width"])) <= 1.5, tile_h
+    frames = decode_frames(clip, 256, tile_h)
+    for n, t in enumerate(times):
+        x, y = 4 + (n % 4) * (256 + 4), 4 + (n // 4) * (tile_h + 22 + 4)
+        tile = sheet[y : y + tile_h, x : x + 256]
+        assert tile.std() > 10, f"tile {n} of {sheet_path.name} is blank"
+        errors = np.mean(np.abs(frames - tile), axis=(1, 2, 3))
+        assert errors.min() < 12, (sheet_path.name, n, t, float(errors.min()))
+
+
 def test_make_demo(tmp_path):
+    """`make demo` as the README runs it, with the `reelmill` of the interpreter under test (`BIN`) and
+    its setup target taken as done (`-o setup`): no apt-get or pip from a test."""
     out = tmp_path / "demo"
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     env["HF_ENDPOINT"] = unreachable_hub()  # like CI: no hub, and the demo has to find that out itself
+    bin_dir = Path(sys.executable).parent
+    assert (bin_dir / "reelmill").is_file(), f"no reelmill next to {sys.executable}"
     proc = subprocess.run(
-        ["make", "-C", str(ROOT), "demo", f"DEMO_OUT={out}"],
+        ["make", "--no-print-directory", "-C", str(ROOT), "-o", "setup", "demo", f"DEMO_OUT={out}", f"BIN={bin_dir}"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip
     log = proc.stdout  # stdout and stderr together, in order, as `make demo > log 2>&1` has it
     (tmp_path / "demo.log").write_text(log)
     assert proc.returncode == 0, log[-6000:]
+    assert log.splitlines()[0] == f"{bin_dir}/reelmill demo --output {out}"  # the one command make ran
     assert "reelmill demo: done" in log
     assert "models: random-weights" in log  # no real weights here: said plainly, and marked
     assert "Qwen/Qwen2.5-VL-3B-Instruct (captioning.vlm.model) is not on this machine" in log
@@ -81,6 +113,13 @@ def test_make_demo(tmp_path):
     assert report["run"]["models"] == "random-weights" and report["alignment"]["status"] == "ok"
     assert report["funnel"]["kept_clips"] == len(keys)
     assert "models: random-weights" in (out / "curated" / "report" / "index.html").read_text()
+    # the report's galleries: each sheet is its clip's frames (the first one checked against the clip)
+    shown = [clip for gallery in report["examples"].values() for clip in gallery if clip.get("sheet")]
+    assert shown
+    members = {s["__key__"]: s for url in shards for s in wds.WebDataset(str(url), shardshuffle=False)}
+    for clip in {c["key"]: c for c in shown}.values():
+        sheet = out / "curated" / "report" / clip["sheet"]
+        sheet_matches_its_clip(sheet, clip["sheet_times"], members[clip["key"]]["mp4"], tmp_path)
     # the chain goes on: latents, a few training steps resumed once from `last`, a sampled mp4
     assert "reelmill demo: the chain is complete  [models: random-weights]" in log
     encoded = json.loads((out / "latents" / "run.json").read_text())

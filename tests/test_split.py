@@ -1,11 +1,14 @@
 """The split stage without Ray: cuts found to the frame, clips cut to the frame, bad inputs as rows."""
 
 import io
+import subprocess
+from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import MULTI_SHOT, decode_frames
+from conftest import MULTI_SHOT, decode_frames, probe_video
 from curation.clips import plan_clips
 from curation.curate_config import ClipConfig, CurateConfig, SceneConfig
 from curation.inputs import Task
@@ -105,21 +108,109 @@ def test_bad_inputs_do_not_take_good_ones_down(bad_inputs, two_shot_video):
     assert set(result.media) == {c.clip_id for c in kept}
 
 
-def test_awkward_valid_inputs_yield_even_sized_clips(awkward_videos):
+@pytest.fixture(scope="module")
+def split_awkward(awkward_videos):
     uris = tuple(str(p) for p in awkward_videos.values())
-    result = ClipSplitter(CurateConfig()).run(Task(0, uris))
+    return ClipSplitter(CurateConfig()).run(Task(0, uris))
+
+
+def _kept(result, path) -> list:
+    return [c for c in result.clips if c.source == str(path) and c.kept]
+
+
+def test_awkward_valid_inputs_yield_even_sized_clips(awkward_videos, split_awkward):
+    result = split_awkward
     assert all(v["status"] == "ok" for v in result.videos), [v.get("error") for v in result.videos]
     for name, path in awkward_videos.items():
-        kept = [c for c in result.clips if c.source == str(path) and c.kept]
+        kept = _kept(result, path)
         assert kept, name
         for clip in kept:
             assert clip.width % 2 == 0 and clip.height % 2 == 0
             frames = decode_frames(_to_file(result.media[clip.clip_id]["mp4"]))
             assert len(frames) == clip.num_frames
-    rotated = [c for c in result.clips if c.source == str(awkward_videos["rotated"]) and c.kept]
+    rotated = _kept(result, awkward_videos["rotated"])
     assert (rotated[0].width, rotated[0].height) == (240, 320)
-    odd = [c for c in result.clips if c.source == str(awkward_videos["odd"]) and c.kept]
+    odd = _kept(result, awkward_videos["odd"])
     assert (odd[0].width, odd[0].height) == (320, 240)
+
+
+def test_a_rotated_input_is_cut_turned_the_way_its_display_matrix_says(awkward_videos, split_awkward):
+    """The rotated input is a stream copy of an upright 320x240 video with a display matrix (what phones
+    write): a quarter turn, counterclockwise by ffprobe's reading of it. Every frame of its clips is the
+    upright source's frame turned that way (np.rot90, counterclockwise for k > 0), from the clip's own
+    source frame, and far from the turn the other way."""
+    (matrix,) = [s for s in probe_video(awkward_videos["rotated"])["side_data_list"] if "rotation" in s]
+    turns = round(float(matrix["rotation"]) / 90) % 4  # ffprobe: counterclockwise degrees
+    assert turns in (1, 3)
+    upright = decode_frames(awkward_videos["rotated"].with_name("upright.mp4"))  # [N, 48, 64, 3]
+    kept = _kept(split_awkward, awkward_videos["rotated"])
+    assert len(kept) == 2
+    for clip in kept:
+        frames = decode_frames(_to_file(split_awkward.media[clip.clip_id]["mp4"]), 48, 64)  # portrait
+        assert frames.shape == (clip.num_frames, 64, 48, 3)
+        error = {}
+        for k in (turns, -turns):
+            for offset in (-1, 0, 1):
+                start = clip.source_start_frame + offset
+                turned = np.rot90(upright[start : start + len(frames)], k=k, axes=(1, 2))
+                error[k, offset] = float(np.mean((frames - turned) ** 2))
+        assert min(error, key=error.get) == (turns, 0), error
+        assert error[turns, 0] * 10 < error[-turns, 0], error
+
+
+VFR_SHOWN_AT = np.concatenate([np.arange(60) / 25.0, 2.4 + np.arange(24) / 10.0])
+"""When each frame of the variable-frame-rate input is shown, as tests/conftest.py builds it: 60 testsrc2
+frames at 25 fps, then from 2.4 s 24 mandelbrot frames at 10 fps (the mp4 may lose the last one:
+x264's frame delay and the mp4 edit list end the stream at 4.6 s)."""
+VFR_CUT_S = 2.4
+
+
+def _stored_frames(path: Path, width: int = 64, height: int = 48) -> np.ndarray:
+    """Every frame as stored, one per timestamp (`decode_frames` resamples a VFR input to a constant rate)."""
+    from curation import ffmpeg_tools
+
+    argv = [ffmpeg_tools.FFMPEG, "-v", "error", "-i", str(path), "-vf", f"scale={width}:{height}", "-fps_mode",
+            "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:"]  # fmt: skip
+    raw = subprocess.run(argv, capture_output=True, check=True, timeout=120).stdout
+    return np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3).astype(np.float32)
+
+
+def test_vfr_clips_are_timed_on_the_sources_clock(awkward_videos, split_awkward):
+    """A variable-frame-rate source is cut on a constant-rate timeline at the average rate its container
+    states: the shots meet at the cut it was built with (2.4 s), the first shot's clip is that shot less
+    the trim at each end, in that rate's frames and seconds, and each of its frames is the source frame
+    on screen at that frame's time. (The second shot, 2.2 s as stored, is too short once trimmed.)"""
+    fps = float(Fraction(probe_video(awkward_videos["vfr"])["avg_frame_rate"]))
+    assert 10 < fps < 25
+    source = _stored_frames(awkward_videos["vfr"])
+    assert len(source) in (83, 84)
+    shown_at = VFR_SHOWN_AT[: len(source)]
+    rows = [c for c in split_awkward.clips if c.source == str(awkward_videos["vfr"])]
+    (cut,) = [c for c in rows if c.drop_reason == "transition"]
+    first, second = sorted((c for c in rows if c is not cut), key=lambda c: c.source_start_frame)
+    assert (
+        abs(cut.source_start_s - VFR_CUT_S) <= 1 / fps and second.source_start_frame == cut.source_start_frame
+    )
+    assert (first.kept, second.kept, second.drop_reason) == (True, False, "duration<2")
+    trim = round(CurateConfig().clips.trim_s * fps)
+    assert first.source_start_frame == trim
+    assert abs(first.source_end_frame - (round(VFR_CUT_S * fps) - trim)) <= 1
+    for clip in (first, second):
+        assert clip.fps == pytest.approx(fps)
+        assert clip.source_start_s == pytest.approx(clip.source_start_frame / fps)
+        assert clip.source_end_s == pytest.approx(clip.source_end_frame / fps)
+        assert clip.num_frames == clip.source_end_frame - clip.source_start_frame
+        assert clip.duration_s == pytest.approx(clip.num_frames / fps)
+    assert first.source_end_s <= VFR_CUT_S
+    frames = decode_frames(_to_file(split_awkward.media[first.clip_id]["mp4"]))
+    assert len(frames) == first.num_frames
+    for i, frame in enumerate(frames):
+        t = first.source_start_s + i / fps
+        best = int(np.argmin(np.mean((source - frame) ** 2, axis=(1, 2, 3))))
+        # the frame on screen at t: the last one shown at or before it, give or take one (the resampler
+        # rounds each source timestamp to the nearest slot of its clock)
+        on_screen = int(np.searchsorted(shown_at, t + 1e-9, side="right")) - 1
+        assert abs(best - on_screen) <= 1, (i, t, best, on_screen)
 
 
 def test_downscale_and_resample_options(two_shot_video):

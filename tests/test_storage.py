@@ -1,6 +1,6 @@
-"""Storage: an output appears whole under its name or not at all, locally and on S3 (moto's server, a real
-HTTP endpoint); a stalled endpoint fails within the timeouts after a bounded number of counted retries;
-the settings reach processes started later."""
+"""Storage: an output appears whole under its name or not at all, locally, on S3 (moto's server, a real
+HTTP endpoint) and on a filesystem only fsspec opens (`memory://`); a stalled endpoint fails within the
+timeouts after a bounded number of counted retries; the settings reach processes started later."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
+from pathlib import Path
 
 import boto3
 import pytest
@@ -38,12 +40,24 @@ def settings_restored():
             os.environ[var] = value
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "memory"])
 def root(request, tmp_path) -> str:
-    """An output directory on the local disk, then on S3."""
+    """An output directory on the local disk, on S3, then on fsspec's in-memory filesystem (a scheme
+    pyarrow does not open itself: the fsspec branch, as gcsfs or adlfs would take)."""
     if request.param == "local":
         return str(tmp_path / "out")
+    if request.param == "memory":
+        return f"memory://{uuid.uuid4().hex}/out"
     return request.getfixturevalue("s3_server").bucket("clean") + "/out"
+
+
+def memory_files(uri: str) -> dict[str, bytes]:
+    """Everything fsspec's memory filesystem holds under `uri` (a memory:// URI), by path, read through
+    fsspec itself rather than through the code under test."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    return {path: fs.cat_file(path) for path in fs.find(uri)}
 
 
 def s3_keys(bucket_uri: str) -> list[str]:
@@ -276,6 +290,43 @@ def test_an_upload_shorter_than_what_was_written_is_not_published(s3_server):
         f.size += 1  # as if a write had been lost on its way to the store
     assert storage.is_transient_io(failed.value)  # the task is tried again
     assert not [k for k in s3_keys(bucket) if k.endswith(".bin") or ".tmp-" in k], s3_keys(bucket)
+
+
+# -- fsspec (memory://) ------------------------------------------------------------------------------------
+
+
+def test_a_scheme_pyarrow_lacks_is_opened_through_fsspec_and_published_whole():
+    import pyarrow.fs as pafs
+
+    root = f"memory://{uuid.uuid4().hex}/out"
+    fs, path = storage.filesystem(root + "/a.bin")
+    assert not storage.is_local(root)
+    assert isinstance(fs, pafs.PyFileSystem) and isinstance(fs.handler, pafs.FSSpecHandler)
+    assert path.endswith("/out/a.bin")
+    data = os.urandom(100_000)
+    with storage.atomic_output(root + "/a.bin") as f:
+        f.write(data[:50_000])
+        assert not memory_files(root + "/a.bin")  # nothing under the final name while writing
+        f.write(data[50_000:])
+    assert memory_files(root) == {path: data}  # the final name, whole, and no temporary left
+    assert storage.exists(root + "/a.bin") and storage.is_file(root + "/a.bin")
+    assert storage.size(root + "/a.bin") == len(data) and not storage.is_file(root)
+    with storage.local_copy(root + "/a.bin") as local:  # what ffmpeg is given for a remote input
+        assert storage.is_local(local) and Path(local).read_bytes() == data
+    assert not os.path.exists(local)
+    storage.delete(root + "/a.bin")
+    assert memory_files(root) == {} and not storage.exists(root + "/a.bin")
+
+
+def test_a_failed_block_on_fsspec_leaves_neither_the_output_nor_its_temporary():
+    root = f"memory://{uuid.uuid4().hex}/out"
+    storage.write_bytes(root + "/kept.json", b"{}")
+    with pytest.raises(RuntimeError, match="midway"), storage.atomic_output(root + "/part.bin") as f:
+        f.write(b"partial")
+        raise RuntimeError("midway")
+    assert list(memory_files(root)) == [storage.filesystem(root + "/kept.json")[1]]
+    storage.delete_dir(root)
+    assert memory_files(root) == {} and storage.list_files(root) == []
 
 
 # -- settings ----------------------------------------------------------------------------------------------
