@@ -69,13 +69,23 @@ def sheet_matches_its_clip(sheet_path: Path, times: list[float], clip_mp4: bytes
     assert sheet.shape == (rows * (tile_h + 22 + 4) + 4, min(4, len(times)) * (256 + 4) + 4, 3)
     # the tiles keep the clip's shape (to a pixel: the report's frames are scaled to even sizes first)
     assert abs(tile_h - 256 * int(info["height"]) / int(info["width"])) <= 1.5, tile_h
-    frames = decode_frames(clip, 256, tile_h)
+    frames = block_means(decode_frames(clip, 256, tile_h))
     for n, t in enumerate(times):
         x, y = 4 + (n % 4) * (256 + 4), 4 + (n // 4) * (tile_h + 22 + 4)
         tile = sheet[y : y + tile_h, x : x + 256]
         assert tile.std() > 10, f"tile {n} of {sheet_path.name} is blank"
-        errors = np.mean(np.abs(frames - tile), axis=(1, 2, 3))
-        assert errors.min() < 12, (sheet_path.name, n, t, float(errors.min()))
+        errors = np.mean(np.abs(frames - block_means(tile)), axis=(1, 2, 3))
+        # one frame of the clip is the tile (a mean error of 1-2 levels), far closer than the clip's typical frame
+        best = float(errors.min())
+        assert best < 5 and best < np.median(errors) / 3, (sheet_path.name, n, t, best)
+
+
+def block_means(pictures: np.ndarray, block: int = 8) -> np.ndarray:
+    """Means over 8x8-pixel blocks: a tile and the frame it was made from then differ by a level or two,
+    not by the JPEG and rescaling noise that fine detail (mandelbrot, noise) puts on every pixel."""
+    h, w = pictures.shape[-3] // block * block, pictures.shape[-2] // block * block
+    cells = pictures[..., :h, :w, :].reshape(*pictures.shape[:-3], h // block, block, w // block, block, 3)
+    return cells.mean(axis=(-4, -2))
 
 
 def test_make_demo(tmp_path):
