@@ -9,10 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import ray
 
-from conftest import make_bad_inputs, model_overrides, shard_samples
+from conftest import decode_frames, make_bad_inputs, model_overrides, shard_samples
 from curation import config, synthetic
 from curation.layout import OutputLayout
 from curation.synthetic import VideoSpec, shot_list
@@ -205,8 +206,22 @@ def test_resume_after_sigkill_matches_a_clean_run(tmp_path):
         expected = clean_samples[key]
         assert json.loads(sample["json"]) == json.loads(expected["json"]), key
         assert os.path.basename(sample["__url__"]) == os.path.basename(expected["__url__"])
-        assert (sample["mp4"], sample["jpg"]) == (expected["mp4"], expected["jpg"]), key
+        assert sample["jpg"] == expected["jpg"], key
+        assert_same_pictures(sample["mp4"], expected["mp4"], tmp_path / "compare", key)
     assert [p for p in crashed.rglob("*") if ".tmp-" in p.name] == []
+
+
+def assert_same_pictures(mp4: bytes, expected_mp4: bytes, scratch: Path, key: str) -> None:
+    """The same frames, to within x264's run-to-run noise: with several encoder threads (x264 picks 3 on
+    2 cores) two encodes of one input under different load can differ in their last bits (PSNR above
+    60 dB; seen in 1 of 6 identical ffmpeg runs here), so the bytes are not compared."""
+    scratch.mkdir(exist_ok=True)
+    (scratch / "mine.mp4").write_bytes(mp4)
+    (scratch / "clean.mp4").write_bytes(expected_mp4)
+    mine, clean = (decode_frames(scratch / f"{n}.mp4", 160, 120) for n in ("mine", "clean"))
+    assert mine.shape == clean.shape, key
+    per_frame = np.abs(mine - clean).mean(axis=(1, 2, 3))
+    assert per_frame.max() < 0.5, (key, int(per_frame.argmax()), float(per_frame.max()))
 
 
 @pytest.mark.parametrize(
