@@ -159,9 +159,17 @@ def clip_keys(out: Path) -> set[str]:
     return {r["clip_id"] for r in layout.read_manifest(layout.clips_manifest).to_pylist() if r["kept"]}
 
 
-def test_ray_job_submit_runs_curate_from_the_wheel(cluster, corpus, tmp_path):
-    out = tmp_path / "clean"
-    done = cluster.submit("reelmill", "curate", "--input", str(corpus), "--output", str(out), *CURATE_ARGS)
+@pytest.fixture(scope="module")
+def submitted(cluster, corpus, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One `ray job submit` of curate over the corpus on the whole cluster: (OUT, the submit's result)."""
+    out = tmp_path_factory.mktemp("cluster_clean") / "clean"
+    return out, cluster.submit(
+        "reelmill", "curate", "--input", str(corpus), "--output", str(out), *CURATE_ARGS
+    )
+
+
+def test_ray_job_submit_runs_curate_from_the_wheel(submitted):
+    out, done = submitted
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "succeeded" in done.stdout
     run = json.loads((out / "run.json").read_text())
@@ -172,14 +180,9 @@ def test_ray_job_submit_runs_curate_from_the_wheel(cluster, corpus, tmp_path):
     assert len(run["retries"]["attempts_by_node"]) == 2
 
 
-def test_curate_loses_nothing_when_a_node_dies_mid_run(cluster, corpus, tmp_path):
-    clean = tmp_path / "clean"
-    assert (
-        cluster.submit(
-            "reelmill", "curate", "--input", str(corpus), "--output", str(clean), *CURATE_ARGS
-        ).returncode
-        == 0
-    )
+def test_curate_loses_nothing_when_a_node_dies_mid_run(cluster, corpus, submitted, tmp_path):
+    clean, done = submitted
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = tmp_path / "killed"
     submit = cluster.submit(
         "reelmill", "curate", "--input", str(corpus), "--output", str(out), *CURATE_ARGS, wait=False
