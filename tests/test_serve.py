@@ -326,9 +326,12 @@ def test_members_are_served_from_an_object_store(out, s3_server):
 
 
 def launch(*args: str) -> subprocess.Popen:
+    """`reelmill report ARGS` with its log on a pipe; PYTHONFAULTHANDLER so that a hung one, sent SIGABRT,
+    writes every thread's stack into that log."""
     return subprocess.Popen(
-        [REELMILL, "report", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+        [REELMILL, "report", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+    )  # fmt: skip
 
 
 def wait_for_url(proc: subprocess.Popen, lines: list[str], timeout_s: float = 300) -> str:
@@ -353,7 +356,12 @@ def run_until_stopped(proc: subprocess.Popen, lines: list[str], stop: int, check
         assert json.loads(get(port, "/serve.json")[2])["media"] is True
         check(port)
         proc.send_signal(stop)
-        rest, _ = proc.communicate(timeout=60)
+        try:
+            rest, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)  # the stacks of a server that does not stop, into its log
+            rest, _ = proc.communicate(timeout=60)
+            raise AssertionError(f"still running 60 s after signal {stop}:\n{''.join(lines)}{rest}") from None
     finally:
         if proc.poll() is None:
             proc.kill()
