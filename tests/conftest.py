@@ -184,11 +184,9 @@ def caption_overrides(model_dir: str) -> list[str]:
     ]
 
 
-@pytest.fixture(scope="session")
-def ray_local(s3_server):
-    """One local Ray for the whole session (starting and stopping one costs about 6 s on 2 cores, once
-    per module before). Started after the local S3, so its workers inherit the S3 settings whichever
-    module comes first; the jobs tested in this process join it, as they join any Ray already running."""
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray for a whole test module (starting Ray costs seconds)."""
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield
