@@ -99,7 +99,13 @@ class Cluster:
             *(() if wait else ("--no-wait",)), "--", *entrypoint,
         ]  # fmt: skip
         if wait:
-            return subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=300)
+            # a new head takes a while to register the agent that runs submitted jobs, and says so
+            deadline = time.monotonic() + 120
+            while True:
+                done = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=300)
+                if "No available agent to submit job" not in done.stderr or time.monotonic() > deadline:
+                    return done
+                time.sleep(2)
         return subprocess.Popen(
             cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
