@@ -326,12 +326,18 @@ def test_members_are_served_from_an_object_store(out, s3_server):
 
 
 def launch(*args: str) -> subprocess.Popen:
-    """`reelmill report ARGS` with its log on a pipe; PYTHONFAULTHANDLER so that a hung one, sent SIGABRT,
-    writes every thread's stack into that log."""
-    return subprocess.Popen(
-        [REELMILL, "report", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PYTHONFAULTHANDLER": "1"},
-    )  # fmt: skip
+    """`reelmill report ARGS` with its log on a pipe, started as from a terminal: with SIGINT's default
+    action, whatever this process has (a shell starts a background job with SIGINT ignored, and a child
+    inherits that, not a handler). PYTHONFAULTHANDLER, so that a hung one, sent SIGABRT, writes every
+    thread's stack into that log."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(
+            [REELMILL, "report", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+        )  # fmt: skip
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def wait_for_url(proc: subprocess.Popen, lines: list[str], timeout_s: float = 300) -> str:
