@@ -85,9 +85,7 @@ def generator_models_label(module: VideoDiTModule) -> str:
     """`models` of what a generator writes: random-weights when the encoders it samples with are tiny
     stand-ins, or when it was trained with such (its checkpoint or export says so: its DiT learned their
     latents, whichever encoders decode them now); else pretrained."""
-    return encoder_models_label(
-        module.vae_config, module.text_config, getattr(module, "trained_models", None)
-    )
+    return encoder_models_label(module.vae_config, module.text_config, module.trained_models)
 
 
 def _encoder_overrides(hparams: dict, source: str, vae_model: str | None, text_model: str | None) -> dict:

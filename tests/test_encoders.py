@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from curation.config import ConfigError, from_dict
+from curation.model_labels import RANDOM_WEIGHTS_FILE, is_random_weights
 from training.encoders import (
     EncoderError,
     TextEncoder,
@@ -21,13 +22,11 @@ from training.encoders import (
     vae_latent_channels,
 )
 from training.tiny_encoders import (
-    RANDOM_WEIGHTS_FILE,
     TINY_UMT5,
     TINY_WAN_VAE,
     build_tiny_image_vae,
     build_tiny_open_clip,
     build_tiny_wan_t2v,
-    is_random_weights,
 )
 
 PROMPTS = [

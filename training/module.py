@@ -78,6 +78,9 @@ class VideoDiTModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.mask_mix = check_mask_mix(mask_mix)
+        self.trained_models: str | None = None
+        """`models` of the run that trained these weights, as its checkpoint or export says (set by
+        `jobs.sample`'s loaders): a DiT trained on stand-in latents stays marked whatever decodes it now."""
         self.vae_config = config_lib.from_dict(VAEConfig, vae, "model.vae.") if vae is not None else None
         self.text_config = (
             config_lib.from_dict(TextEncoderConfig, text_encoder, "model.text_encoder.")

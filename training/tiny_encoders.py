@@ -18,8 +18,7 @@ from pathlib import Path
 
 import torch
 
-# the marker and its test live with the label (curation.model_labels); here too, beside the builders
-from curation.model_labels import RANDOM_WEIGHTS_FILE, is_random_weights, write_marker  # noqa: F401
+from curation.model_labels import write_marker
 
 TINY_WAN_VAE = {"base_dim": 8, "z_dim": 4, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 1}
 """Wan's layout (3 spatial halvings, 2 temporal ones: 4x8x8) at a width that runs in a blink on CPU."""
@@ -54,10 +53,6 @@ def _own_rng(build):
             return build(*args, **kwargs)
 
     return wrapper
-
-
-def _marker(directory: Path, builder: str, seed: int) -> None:
-    write_marker(directory, f"training.tiny_encoders.{builder}", seed)
 
 
 def train_t5_tokenizer(vocab_size: int = 512):
@@ -127,7 +122,7 @@ def build_tiny_wan_t2v(directory: str | Path, seed: int = 0) -> str:
     )
     torch.manual_seed(seed)
     UMT5EncoderModel(config).save_pretrained(directory / "text_encoder")
-    _marker(directory, "build_tiny_wan_t2v", seed)
+    write_marker(directory, f"{__name__}.build_tiny_wan_t2v", seed)
     return str(directory)
 
 
@@ -150,7 +145,7 @@ def build_tiny_open_clip(directory: str | Path, seed: int = 0) -> str:
     save_file(
         {k: v.contiguous() for k, v in model.state_dict().items()}, directory / "open_clip_model.safetensors"
     )
-    _marker(directory, "build_tiny_open_clip", seed)
+    write_marker(directory, f"{__name__}.build_tiny_open_clip", seed)
     return f"local-dir:{directory}"
 
 
@@ -174,5 +169,5 @@ def build_tiny_image_vae(directory: str | Path, seed: int = 0) -> str:
         shift_factor=0.2,
     )
     vae.save_pretrained(directory)
-    _marker(directory, "build_tiny_image_vae", seed)
+    write_marker(directory, f"{__name__}.build_tiny_image_vae", seed)
     return str(directory)

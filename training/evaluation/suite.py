@@ -15,9 +15,9 @@ import time
 import numpy as np
 import torch
 
+from curation.model_labels import RANDOM_WEIGHTS, models_label
 from training.evaluation.config import EvalConfig
 from training.evaluation.fvd import VideoFeatureNet, fvd
-from training.tiny_encoders import is_random_weights
 
 PER_VIDEO = ("clipsim", "subject_consistency", "frame_diff", "temporal_flickering", "flicker", "motion")
 """The per-video metrics, in the order tables show them; `fvd` compares whole sets."""
@@ -85,7 +85,7 @@ class EvalSuite:
             self.cfg.clipsim.pretrained if self.clipsim else None,
         ]
         names += [self.cfg.consistency.model if self.consistency else None]
-        return any(is_random_weights(n) for n in names if n)
+        return models_label(names) == RANDOM_WEIGHTS
 
     def measure(self, videos: list[np.ndarray], prompts: list[str], fps: float) -> dict:
         """Per-video metrics of `videos` (uint8 [T, H, W, 3]) against `prompts`, their means, and the

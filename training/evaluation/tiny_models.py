@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.tiny_encoders import _marker, _own_rng, build_tiny_open_clip
+from curation.model_labels import write_marker
+from training.tiny_encoders import _own_rng, build_tiny_open_clip
 
 
 class TinyVideoNet(nn.Module):
@@ -65,7 +66,7 @@ def build_tiny_video_net(
     with warnings.catch_warnings():  # torch marks TorchScript deprecated; the I3D file is TorchScript
         warnings.simplefilter("ignore", FutureWarning)
         torch.jit.save(torch.jit.script(net), str(path))
-    _marker(directory, "build_tiny_video_net", seed)
+    write_marker(directory, f"{__name__}.build_tiny_video_net", seed)
     return str(path)
 
 
@@ -86,7 +87,7 @@ def build_tiny_dinov2(directory: str | Path, seed: int = 0) -> str:
         image_mean=[0.485, 0.456, 0.406],
         image_std=[0.229, 0.224, 0.225],
     ).save_pretrained(directory)  # DINOv2's own normalisation; 64 px where the real one crops 224
-    _marker(directory, "build_tiny_dinov2", seed)
+    write_marker(directory, f"{__name__}.build_tiny_dinov2", seed)
     return str(directory)
 
 
