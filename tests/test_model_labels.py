@@ -84,3 +84,18 @@ def test_recaption_label_looks_at_the_vlm_and_the_alignment_clip(tiny_aesthetic,
     ]
     assert label(hub_vlm, *clip) == "pretrained"  # alignment off: that CLIP is never loaded
     assert label(hub_vlm, *clip, "captioning.alignment.enabled=true") == "random-weights"
+
+
+def test_each_builders_marker_names_the_function_that_wrote_it(tmp_path):
+    """The marker's `builder` is a dotted name that resolves to the very builder that wrote it."""
+    import importlib
+    import json
+
+    from training.evaluation.tiny_models import build_tiny_dinov2, build_tiny_video_net
+    from training.tiny_encoders import build_tiny_image_vae
+
+    for builder in (build_tiny_video_net, build_tiny_dinov2, build_tiny_image_vae):
+        builder(tmp_path / builder.__name__)
+        marker = json.loads((tmp_path / builder.__name__ / RANDOM_WEIGHTS_FILE).read_text())
+        module, name = marker["builder"].rsplit(".", 1)
+        assert getattr(importlib.import_module(module), name) is builder, marker
