@@ -220,15 +220,17 @@ def shard_samples(layout) -> dict[str, dict]:
     return samples
 
 
-def decode_frames(path: Path, width: int = 64, height: int = 48):
-    """All frames of a video as small RGB arrays, for comparing content across files."""
+def decode_frames(path: Path, width: int = 64, height: int = 48, stored: bool = False):
+    """All frames of a video as small RGB arrays, for comparing content across files: on a constant-rate
+    timeline (a variable-rate input resampled), or with `stored` every frame as stored, one per timestamp."""
     import ffmpeg
     import numpy as np
 
+    options = {"fps_mode": "passthrough"} if stored else {}
     raw = ffmpeg_tools.run_stream(
         ffmpeg.input(str(path))
         .video.filter("scale", width, height)
-        .output("pipe:", format="rawvideo", pix_fmt="rgb24"),
+        .output("pipe:", format="rawvideo", pix_fmt="rgb24", **options),
         120,
     )
     return np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3).astype(np.float32)

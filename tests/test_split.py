@@ -1,9 +1,7 @@
 """The split stage without Ray: cuts found to the frame, clips cut to the frame, bad inputs as rows."""
 
 import io
-import subprocess
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,16 +163,6 @@ x264's frame delay and the mp4 edit list end the stream at 4.6 s)."""
 VFR_CUT_S = 2.4
 
 
-def _stored_frames(path: Path, width: int = 64, height: int = 48) -> np.ndarray:
-    """Every frame as stored, one per timestamp (`decode_frames` resamples a VFR input to a constant rate)."""
-    from curation import ffmpeg_tools
-
-    argv = [ffmpeg_tools.FFMPEG, "-v", "error", "-i", str(path), "-vf", f"scale={width}:{height}", "-fps_mode",
-            "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:"]  # fmt: skip
-    raw = subprocess.run(argv, capture_output=True, check=True, timeout=120).stdout
-    return np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3).astype(np.float32)
-
-
 def test_vfr_clips_are_timed_on_the_sources_clock(awkward_videos, split_awkward):
     """A variable-frame-rate source is cut on a constant-rate timeline at the average rate its container
     states: the shots meet at the cut it was built with (2.4 s), the first shot's clip is that shot less
@@ -182,7 +170,7 @@ def test_vfr_clips_are_timed_on_the_sources_clock(awkward_videos, split_awkward)
     on screen at that frame's time. (The second shot, 2.2 s as stored, is too short once trimmed.)"""
     fps = float(Fraction(probe_video(awkward_videos["vfr"])["avg_frame_rate"]))
     assert 10 < fps < 25
-    source = _stored_frames(awkward_videos["vfr"])
+    source = decode_frames(awkward_videos["vfr"], stored=True)
     assert len(source) in (83, 84)
     shown_at = VFR_SHOWN_AT[: len(source)]
     rows = [c for c in split_awkward.clips if c.source == str(awkward_videos["vfr"])]
