@@ -1,8 +1,6 @@
 """The training recipes and options that only a GPU run would otherwise meet: the GPU recipe parses
 (through the real LightningCLI, on a CPU, with no weights) into the settings it promises, and
-`compile=True` trains through torch.compile to the losses and weights of the eager module."""
-
-import functools
+`compile` trains through torch.compile (its aot_eager backend) to the losses and weights of the eager module."""
 
 import lightning as L
 import pytest
@@ -64,7 +62,7 @@ class LossPerStep(L.Callback):
         self.losses.append(float(outputs["loss"]))
 
 
-def train_a_few_steps(compile: bool, root) -> tuple[list[float], dict, dict]:
+def train_a_few_steps(compile: bool | str, root) -> tuple[list[float], dict, dict]:
     """The training loss of each of `STEPS` steps of the tiny module, and its weights before and after,
     seeded the same way every time. Its zero-initialized (adaLN-Zero) layers get random weights first, so
     every weight has a gradient from the first step on, and Adam's later steps depend on the gradients'
@@ -97,8 +95,8 @@ def train_a_few_steps(compile: bool, root) -> tuple[list[float], dict, dict]:
     return seen.losses, before, dict(module.model.named_parameters())
 
 
-def test_a_compiled_module_trains_to_the_losses_and_weights_of_the_eager_one(tmp_path, monkeypatch):
-    """`compile=True` trains through torch.compile's wrapper: TorchDynamo captures the model's forward
+def test_a_compiled_module_trains_to_the_losses_and_weights_of_the_eager_one(tmp_path):
+    """`compile="aot_eager"` trains through torch.compile's wrapper: TorchDynamo captures the model's forward
     (one graph, no fallback to eager) and AOTAutograd builds its joint forward and backward graphs, and
     every step's loss and the final weights are the eager module's. The backend is `aot_eager`, which
     runs the graphs AOTAutograd makes instead of handing them to inductor: inductor's C++ code generation
@@ -106,11 +104,10 @@ def test_a_compiled_module_trains_to_the_losses_and_weights_of_the_eager_one(tmp
     graphs are where this model's code can break compilation."""
     from torch._dynamo.utils import counters
 
-    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
     eager, start, eager_end = train_a_few_steps(False, tmp_path / "eager")
     torch._dynamo.reset()
     counters.clear()
-    compiled, compiled_start, compiled_end = train_a_few_steps(True, tmp_path / "compiled")
+    compiled, compiled_start, compiled_end = train_a_few_steps("aot_eager", tmp_path / "compiled")
     assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])  # one graph: no graph break
     assert not counters["graph_break"], dict(counters["graph_break"])
     assert len(compiled) == len(eager) == STEPS and all(torch.isfinite(torch.tensor(compiled)))

@@ -64,7 +64,7 @@ class VideoDiTModule(L.LightningModule):
         shift: float | None = None,
         t_mean: float = 0.0,
         t_std: float = 1.0,
-        compile: bool = False,
+        compile: bool | str = False,
         vae: dict | None = None,
         text_encoder: dict | None = None,
         mask_mix: dict[str, float] | None = None,
@@ -74,7 +74,9 @@ class VideoDiTModule(L.LightningModule):
         with the token count. `vae`, `text_encoder`: `training.encoders.VAEConfig` / `TextEncoderConfig`
         fields; when given, `in_channels` and `text_dim` default to theirs (read from their configs, no
         weights loaded). `mask_mix`: share of training samples per mask kind (`MASK_KINDS`; None: the
-        default mix, `{"none": 1.0}`: text-to-video only); a model without conditioning ignores it."""
+        default mix, `{"none": 1.0}`: text-to-video only); a model without conditioning ignores it.
+        `compile`: True runs the model through `torch.compile` (inductor); a string names another backend
+        (`aot_eager` checks capture and autograd graphs without code generation, `cudagraphs`, ...)."""
         super().__init__()
         self.save_hyperparameters()
         self.mask_mix = check_mask_mix(mask_mix)
@@ -101,7 +103,8 @@ class VideoDiTModule(L.LightningModule):
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         # The compiled wrapper shares the model's weights; it stays out of the module tree so the
         # checkpoint holds every weight once.
-        self.__dict__["_compiled"] = torch.compile(self.model) if compile else None
+        backend = compile if isinstance(compile, str) else "inductor"
+        self.__dict__["_compiled"] = torch.compile(self.model, backend=backend) if compile else None
 
     @property
     def config(self) -> DiTConfig:
