@@ -134,7 +134,7 @@ def test_make_demo(tmp_path):
     assert "reelmill demo: the chain is complete  [models: random-weights]" in log
     encoded = json.loads((out / "latents" / "run.json").read_text())
     assert encoded["models"] == "random-weights" and encoded["counts"]["written"] == len(keys)
-    ckpt = torch.load(out / "train" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(out / "train" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 30 and "ema.final.linear.weight" in ckpt["state_dict"]
     info = probe_video(out / "sample.mp4")
     assert (info["codec_name"], info["nb_read_frames"]) == ("h264", "9")

@@ -203,7 +203,7 @@ def test_train_killed_resumed_from_last_then_sample(curated_run, tiny_wan, tmp_p
     assert last.exists(), log[-3000:]
     # the encoders are the tiny random-weight stand-ins: said when training starts, kept in checkpoints
     assert "reelmill train: models: random-weights" in log
-    stopped = torch.load(last, map_location="cpu", weights_only=False)
+    stopped = torch.load(last, map_location="cpu", weights_only=True)
     stopped_at = stopped["global_step"]
     assert 0 < stopped_at < 10_000 and stopped["models"] == "random-weights"
     target = stopped_at + 3
@@ -214,7 +214,7 @@ def test_train_killed_resumed_from_last_then_sample(curated_run, tiny_wan, tmp_p
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "Restored all states from the checkpoint" in resumed.stdout + resumed.stderr
     assert "exists and is not empty" not in resumed.stderr  # resuming into its own run directory is no news
-    final = torch.load(last, map_location="cpu", weights_only=False)
+    final = torch.load(last, map_location="cpu", weights_only=True)
     assert final["global_step"] == target and final["models"] == "random-weights"
     assert final["hyper_parameters"]["vae"]["model"] == tiny_wan
 
@@ -284,7 +284,7 @@ def test_ray_train_runs_the_same_cli_on_two_workers(latents, tiny_wan, tmp_path)
         run_config=RunConfig(storage_path=str(tmp_path / "ray")),
         train_loop_config={"args": args},
     ).fit()
-    final = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    final = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert final["global_step"] == 3 and final["datamodule_hyper_parameters"]["kind"] == "latent"
     ranks = {p.name: json.loads(p.read_text()) for p in marks.iterdir()}
     assert ranks == {f"rank{r}.json": {"world": 2, "data": [r, 2]} for r in (0, 1)}
